@@ -1,0 +1,68 @@
+"""Caches of trained agents shared between runs (a fine-tuned teacher, a distilled student).
+
+An entry is keyed by a hash of everything that determines its weights, written atomically and
+checked by checksum on load; a lock makes concurrent sweep jobs build an entry once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from filelock import FileLock
+
+from mpdistil.data.encode import EncodedSplit, atomic_torch_save
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def split_fingerprint(split: EncodedSplit) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(split.input_ids).encode())
+    if split.labels is not None:
+        h.update(split.labels.numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def file_checksum(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class CacheEntry:
+    """One cached agent state: ``state.pt`` plus ``meta.json`` (key, checksum, record)."""
+
+    def __init__(self, root: Path, kind: str, key: dict[str, Any]) -> None:
+        self.key = key
+        self.folder = Path(root) / kind / fingerprint(key)
+        self.lock = FileLock(str(self.folder) + ".lock")
+
+    def load(self) -> Optional[tuple[dict[str, Any], dict[str, Any]]]:
+        """(state, record) when a complete, uncorrupted entry exists; None otherwise."""
+        meta_path, state_path = self.folder / "meta.json", self.folder / "state.pt"
+        if not (meta_path.is_file() and state_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("checksum") != file_checksum(state_path) or meta.get("key") != json.loads(
+                    json.dumps(self.key, default=str)):
+                return None
+            return torch.load(state_path, map_location="cpu", weights_only=False), meta.get("record", {})
+        except (OSError, ValueError, RuntimeError):
+            return None
+
+    def save(self, state: dict[str, Any], record: dict[str, Any]) -> None:
+        state_path = self.folder / "state.pt"
+        atomic_torch_save(state, state_path)
+        meta = {"key": self.key, "checksum": file_checksum(state_path), "record": record}
+        tmp = self.folder / ".meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1, default=str))
+        os.replace(tmp, self.folder / "meta.json")

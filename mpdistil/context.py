@@ -1,0 +1,158 @@
+"""What the phases share during one run: data, agents, runtime, logger and the run's record."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from mpdistil.data.encode import EncodedSplit
+from mpdistil.loggers import Logger
+from mpdistil.losses import layer_map
+from mpdistil.metrics.task_metrics import compute_metrics
+from mpdistil.models.agent import Agent
+from mpdistil.models.meta_teacher import MetaTeacher
+from mpdistil.training import Runtime, predict, predictions_from_logits
+
+
+@dataclass
+class TaskInfo:
+    name: str
+    kind: str
+    label_names: list[str]
+    metrics: list[str]
+    main_metric: str
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.label_names) if self.kind == "classification" else 1
+
+
+@dataclass
+class AuxTask:
+    """A curriculum action: another task's quiz split and how to score it."""
+
+    info: TaskInfo
+    quiz: EncodedSplit
+
+
+@dataclass
+class RunContext:
+    cfg: Any
+    rt: Runtime
+    out_dir: Path
+    cache_dir: Path
+    logger: Logger
+    task: TaskInfo
+    splits: dict[str, EncodedSplit]  # "train", "quiz", dev split names, "test..." split names
+    dev_names: list[str]
+    teacher: Agent
+    student: Agent
+    initial_student_state: dict[str, torch.Tensor]
+    aux: dict[str, AuxTask] = field(default_factory=dict)
+    agents: dict[str, nn.Module] = field(default_factory=dict)  # extra agents: undistilled, meta_teacher
+    records: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    teacher_outputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def selection_split(self) -> str:
+        return "quiz" if self.cfg.trainer.selection_split == "quiz" else self.dev_names[0]
+
+    def generator(self, *salt: int) -> torch.Generator:
+        """A seeded generator per (phase, epoch): data order is reproducible and resumable."""
+        g = torch.Generator()
+        g.manual_seed(hash((int(self.cfg.seed),) + salt) & 0x7FFFFFFF)
+        return g
+
+    def score(self, metrics: dict[str, float]) -> float:
+        return float(metrics[self.task.main_metric])
+
+    def evaluate(self, agent: nn.Module, split: str) -> dict[str, float]:
+        out = predict(agent, self.splits[split], self.rt)
+        return self.metrics_from_logits(out["logits"], split)
+
+    def metrics_from_logits(self, logits: torch.Tensor, split: str) -> dict[str, float]:
+        labels = self.splits[split].labels
+        preds = predictions_from_logits(logits, self.task.kind)
+        return compute_metrics(self.task.metrics, preds.numpy(), labels.numpy())
+
+    def mapped_teacher_layers(self) -> list[int]:
+        return [t for _, t in layer_map(self.student.num_layers, self.teacher.num_layers, self.cfg.method.layer_map)]
+
+    def teacher_cache(self, split: str) -> dict[str, torch.Tensor]:
+        """Frozen-teacher outputs for a split, computed once per run (the teacher never changes after phase 1)."""
+        if split not in self.teacher_outputs or not self.cfg.trainer.cache_teacher_outputs:
+            self.teacher_outputs[split] = teacher_outputs(self.teacher, self.splits[split], self.rt,
+                                                          self.mapped_teacher_layers() if self.cfg.method.beta > 0
+                                                          else [])
+        return self.teacher_outputs[split]
+
+    def representation(self, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What T' reads from a frozen-teacher cache: pooled vectors or the last [CLS]."""
+        return cache["pooled"] if self.cfg.method.meta_input == "pooled" else cache["last_cls"]
+
+    def meta_teacher(self) -> MetaTeacher:
+        """T', created on first use from the teacher's head (or as an MLP), shared by phases 2–4."""
+        if "meta_teacher" not in self.agents:
+            m = self.cfg.method
+            self.agents["meta_teacher"] = MetaTeacher(
+                m.meta_teacher, self.teacher.hidden_size, self.student.hidden_size, self.task.num_outputs,
+                teacher_head=self.teacher.hf.classifier, regression=self.task.kind == "regression",
+            ).to(self.rt.device)
+        return self.agents["meta_teacher"]
+
+    @torch.no_grad()
+    def meta_teacher_logits(self, split: str) -> torch.Tensor:
+        """T' over the frozen teacher encoder: the meta-teacher row of the table."""
+        mt = self.meta_teacher()
+        h = self.representation(self.teacher_cache(split))
+        return mt(h.view(-1, h.shape[-1]).to(self.rt.device), "teacher", self.splits[split].num_choices).float().cpu()
+
+    def timed(self, name: str) -> "_Timer":
+        return _Timer(self.timings, name)
+
+
+@torch.inference_mode()
+def teacher_outputs(teacher: Agent, split: EncodedSplit, rt: Runtime, layers: list[int]) -> dict[str, torch.Tensor]:
+    """Logits, pooled vectors and the [CLS] of the requested layers, in split order, on the CPU."""
+    was = teacher.training
+    teacher.eval()
+    n = len(split)
+    store: dict[str, Optional[torch.Tensor]] = {"logits": None, "pooled": None, "last_cls": None, "cls": None}
+    try:
+        for batch in rt.batches(split, rt.eval_batch_size):
+            with rt.autocast():
+                out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              token_type_ids=batch.get("token_type_ids"), output_hidden=bool(layers))
+            idx = batch["index"].cpu()
+            b = idx.shape[0]
+            pooled = out.pooled.float().view(b, -1, out.pooled.shape[-1]).cpu()
+            values = {"logits": out.logits.float().cpu(), "pooled": pooled,
+                      "last_cls": out.cls.float().view(b, -1, out.cls.shape[-1]).cpu()}
+            if layers:
+                values["cls"] = torch.stack([out.cls_states[l - 1].float() for l in layers], 1).view(
+                    b, -1, len(layers), out.pooled.shape[-1]).cpu()
+            for key, val in values.items():
+                if store[key] is None:
+                    store[key] = torch.zeros((n,) + tuple(val.shape[1:]))
+                store[key][idx] = val
+    finally:
+        teacher.train(was)
+    return {k: v for k, v in store.items() if v is not None}
+
+
+class _Timer:
+    def __init__(self, sink: dict[str, float], name: str) -> None:
+        self.sink, self.name = sink, name
+
+    def __enter__(self) -> "_Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - self.start

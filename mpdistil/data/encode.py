@@ -1,0 +1,169 @@
+"""Tokenised splits, cached by content hash, and a collator that pads each batch to its own length."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mpdistil.data.types import Example
+
+
+@dataclass
+class EncodedSplit:
+    """A split ready for batching: token ids per example (per choice for multiple choice) and labels."""
+
+    task: str
+    name: str
+    kind: str
+    input_ids: list[Any]
+    token_type_ids: Optional[list[Any]]
+    labels: Optional[torch.Tensor]
+    examples: list[Example] = field(repr=False, default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.input_ids[0]) if self.kind == "multiple_choice" and self.input_ids else 0
+
+    def lengths(self) -> list[int]:
+        if self.kind == "multiple_choice":
+            return [max(len(c) for c in ids) for ids in self.input_ids]
+        return [len(ids) for ids in self.input_ids]
+
+    def subset(self, indices: Sequence[int], name: Optional[str] = None) -> "EncodedSplit":
+        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        return EncodedSplit(
+            self.task, name or self.name, self.kind, pick(self.input_ids),
+            pick(self.token_type_ids) if self.token_type_ids is not None else None,
+            self.labels[list(indices)] if self.labels is not None else None,
+            pick(self.examples) if self.examples else [],
+        )
+
+
+def _fingerprint(tokenizer: PreTrainedTokenizerBase, max_length: int, examples: Sequence[Example]) -> str:
+    h = hashlib.sha256()
+    h.update(f"{type(tokenizer).__name__}|{len(tokenizer)}|{max_length}|".encode())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())[:2000]).encode())
+    for ex in examples:
+        h.update(json.dumps([ex.texts, ex.label], ensure_ascii=False).encode())
+    return h.hexdigest()[:24]
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Sequence[str]], max_length: int) -> dict:
+    firsts = [s[0] for s in segments]
+    seconds = [s[1] if len(s) > 1 else None for s in segments]
+    if all(s is None for s in seconds):
+        return tokenizer(firsts, truncation=True, max_length=max_length)
+    return tokenizer(firsts, [s or "" for s in seconds], truncation="longest_first", max_length=max_length)
+
+
+def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], task: str, name: str,
+                    kind: str, max_length: int, cache_dir: Optional[Path] = None) -> EncodedSplit:
+    """Tokenise once; a cache keyed by tokenizer, length limit and the exact texts is reused across runs."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / "tokenized" / f"{task}-{name}-{_fingerprint(tokenizer, max_length, examples)}.pt"
+        if cache_file.is_file():
+            try:
+                blob = torch.load(cache_file, weights_only=False)
+                return EncodedSplit(task, name, kind, blob["input_ids"], blob["token_type_ids"], blob["labels"],
+                                    list(examples))
+            except Exception:  # a damaged cache file is rebuilt, never trusted
+                cache_file.unlink(missing_ok=True)
+    if kind == "multiple_choice":
+        n_choices = len(examples[0].texts)
+        flat = [choice for ex in examples for choice in ex.texts]
+        enc = _tokenize(tokenizer, flat, max_length)
+        group = lambda xs: [xs[i * n_choices:(i + 1) * n_choices] for i in range(len(examples))]  # noqa: E731
+        input_ids = group(enc["input_ids"])
+        token_type_ids = group(enc["token_type_ids"]) if "token_type_ids" in enc else None
+    else:
+        enc = _tokenize(tokenizer, [ex.texts for ex in examples], max_length)
+        input_ids = enc["input_ids"]
+        token_type_ids = enc.get("token_type_ids")
+    labels = None
+    if examples and all(ex.label is not None for ex in examples):
+        dtype = torch.float32 if kind == "regression" else torch.long
+        labels = torch.tensor([ex.label for ex in examples], dtype=dtype)
+    if cache_file is not None:
+        atomic_torch_save({"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}, cache_file)
+    return EncodedSplit(task, name, kind, input_ids, token_type_ids, labels, list(examples))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file beside the target, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _pad(seqs: Sequence[Sequence[int]], width: int, value: int) -> list[list[int]]:
+    return [list(s) + [value] * (width - len(s)) for s in seqs]
+
+
+def collate(split: EncodedSplit, indices: Sequence[int], pad_id: int, pad_to: Optional[int] = None) -> dict[str, Any]:
+    """Pad a batch to its longest member (or to ``pad_to``): dynamic padding, never a fixed 128."""
+    mc = split.kind == "multiple_choice"
+    rows = [split.input_ids[i] for i in indices]
+    types = [split.token_type_ids[i] for i in indices] if split.token_type_ids is not None else None
+    flat_rows = [c for r in rows for c in r] if mc else rows
+    width = pad_to or max(len(r) for r in flat_rows)
+    ids = torch.tensor(_pad(flat_rows, width, pad_id))
+    mask = torch.tensor(_pad([[1] * len(r) for r in flat_rows], width, 0))
+    tt = torch.tensor(_pad([c for r in types for c in r] if mc else types, width, 0)) if types is not None else None
+    if mc:
+        n = len(rows[0])
+        ids, mask = ids.view(len(rows), n, width), mask.view(len(rows), n, width)
+        tt = tt.view(len(rows), n, width) if tt is not None else None
+    batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "index": torch.tensor(list(indices))}
+    if tt is not None:
+        batch["token_type_ids"] = tt
+    if split.labels is not None:
+        batch["labels"] = split.labels[list(indices)]
+    return batch
+
+
+def batch_indices(n: int, batch_size: int, shuffle: bool, generator: Optional[torch.Generator] = None,
+                  lengths: Optional[Sequence[int]] = None) -> list[list[int]]:
+    """Index batches. For evaluation, sorting by length (``lengths``) keeps padding minimal."""
+    if shuffle:
+        order = torch.randperm(n, generator=generator).tolist()
+    elif lengths is not None:
+        order = sorted(range(n), key=lambda i: lengths[i])
+    else:
+        order = list(range(n))
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def iterate(split: EncodedSplit, batch_size: int, pad_id: int, shuffle: bool = False,
+            generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None,
+            pad_to: Optional[int] = None) -> Iterator[dict[str, Any]]:
+    lengths = None if shuffle else split.lengths()
+    for idx in batch_indices(len(split), batch_size, shuffle, generator, lengths):
+        batch = collate(split, idx, pad_id, pad_to)
+        yield to_device(batch, device) if device is not None else batch
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keys an Agent's forward consumes."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}

@@ -1,0 +1,44 @@
+"""Turning bad input into one clear line and a non-zero exit, instead of a traceback."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from mpdistil.config import ConfigError
+from mpdistil.data.types import DataError
+from mpdistil.training import NonFiniteLossError
+
+USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
+GROUPS = ("task", "model", "method", "trainer", "logger", "experiment")
+
+
+def _die(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def check_presets(argv: Sequence[str], conf_dir: Path) -> None:
+    """Unknown presets (``task=foo``) fail here with one line, before Hydra prints its long listing."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in GROUPS or value in ("null", ""):
+            continue
+        value = value.strip()
+        for choice in value.strip("[]").split(","):
+            if choice.startswith(("choice(", "range(", "glob(")):
+                continue
+            if not (conf_dir / key / f"{choice}.yaml").is_file():
+                known = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+                _die(f"unknown {key} preset {choice!r}; choose one of {', '.join(known)} ({key}=<name>)")
+
+
+@contextlib.contextmanager
+def fail_cleanly() -> Iterator[None]:
+    """User errors become `error: <one line>` and exit code 2; bugs keep their traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        _die(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

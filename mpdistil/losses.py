@@ -1,0 +1,153 @@
+"""Every loss and reward of the method as a pure function of tensors (see METHOD.md).
+
+``kind`` is the task kind: "classification" and "multiple_choice" use class/choice logits
+[B, C]; "regression" uses predictions [B]. For regression, p(y|x) is replaced by −|y − ŷ|.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def register_loss(name: str) -> Callable:
+    """Soft (teacher → student) losses are selectable by name: ``method.soft_loss=<name>``."""
+
+    def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        LOSSES[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_loss("kl")
+def kl_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton KD: τ² · KL(softmax(t/τ) ‖ softmax(s/τ)), averaged over the batch."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature ** 2 * F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
+
+
+@register_loss("mse")
+def prob_mse_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """The authors' code (from MetaDistil): τ² · MSE between the two tempered probability vectors."""
+    p_s = F.softmax(student_logits.float() / temperature, dim=-1)
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature ** 2 * F.mse_loss(p_s, p_t)
+
+
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, kind: str,
+              name: str = "kl") -> torch.Tensor:
+    if kind == "regression":
+        return F.mse_loss(student_logits.float(), teacher_logits.float())
+    return LOSSES[name](student_logits, teacher_logits, temperature)
+
+
+def hard_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "regression":
+        return F.mse_loss(logits.float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def layer_map(n_student: int, n_teacher: int, how: str) -> list[tuple[int, int]]:
+    """Pairs (student layer, teacher layer), 1-indexed over transformer layers.
+
+    skip: PKD-skip, student l ↔ teacher l·(Lt // Ls); first: l ↔ l (the authors' code);
+    last: l ↔ Lt − Ls + l (PKD-last).
+    """
+    if n_student > n_teacher:
+        raise ValueError(f"student has {n_student} layers, more than the teacher's {n_teacher}")
+    if how == "skip":
+        step = n_teacher // n_student
+        return [(l, l * step) for l in range(1, n_student + 1)]
+    if how == "first":
+        return [(l, l) for l in range(1, n_student + 1)]
+    if how == "last":
+        return [(l, n_teacher - n_student + l) for l in range(1, n_student + 1)]
+    raise ValueError(f"unknown layer map {how!r}")
+
+
+def pkd_loss(student_cls: Sequence[torch.Tensor], teacher_cls: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_l MSE between L2-normalised [CLS] vectors of paired layers (Sun et al., 2019)."""
+    total = student_cls[0].new_zeros((), dtype=torch.float32)
+    for h_s, h_t in zip(student_cls, teacher_cls):
+        total = total + F.mse_loss(F.normalize(h_s.float(), dim=-1), F.normalize(h_t.float(), dim=-1))
+    return total
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+                      labels: torch.Tensor, kind: str, alpha: float, temperature: float, soft: str = "kl",
+                      beta: float = 0.0, student_cls: Optional[Sequence[torch.Tensor]] = None,
+                      teacher_cls: Optional[Sequence[torch.Tensor]] = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_S = α·soft + (1 − α)·CE + β·PKD; α = 0 and β = 0 give the undistilled student."""
+    ce = hard_loss(student_logits, labels, kind)
+    total = (1.0 - alpha) * ce
+    parts = {"ce": float(ce.detach())}
+    if alpha > 0 and teacher_logits is not None:
+        kd = soft_loss(student_logits, teacher_logits, temperature, kind, soft)
+        total = total + alpha * kd
+        parts["kd"] = float(kd.detach())
+    if beta > 0 and student_cls is not None and teacher_cls is not None:
+        pkd = pkd_loss(student_cls, teacher_cls)
+        total = total + beta * pkd
+        parts["pkd"] = float(pkd.detach())
+    return total, parts
+
+
+def label_score(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-example p(y|x); for regression the negated absolute error −|y − ŷ|."""
+    if kind == "regression":
+        return -(labels.float() - logits.float()).abs()
+    return F.softmax(logits.float(), dim=-1).gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def collaborative_loss(meta_on_teacher: torch.Tensor, meta_on_student: torch.Tensor, labels: torch.Tensor,
+                       kind: str) -> torch.Tensor:
+    """L_col = ½·CE(T'(h_T), y) + ½·CE(T'(h_S), y): T' must serve both agents' representations."""
+    return 0.5 * hard_loss(meta_on_teacher, labels, kind) + 0.5 * hard_loss(meta_on_student, labels, kind)
+
+
+def competitive_loss(meta_on_teacher: torch.Tensor, meta_on_student: torch.Tensor, labels: torch.Tensor,
+                     kind: str) -> torch.Tensor:
+    """L_com = CE(T'(h_T), y) − mean p(y|h_T) + mean p(y|h_S): confident on the teacher, not the student."""
+    return (hard_loss(meta_on_teacher, labels, kind) - label_score(meta_on_teacher, labels, kind).mean()
+            + label_score(meta_on_student, labels, kind).mean())
+
+
+META_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"col": collaborative_loss, "com": competitive_loss}
+
+
+def curriculum_student_loss(student_logits: torch.Tensor, labels: torch.Tensor, kind: str,
+                            meta_on_student: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Phase 4: CE(z_S, y) − mean p_S(y|x) + mean p_T'(y|h_S); the T' term only where T' knows the task."""
+    loss = hard_loss(student_logits, labels, kind) - label_score(student_logits, labels, kind).mean()
+    if meta_on_student is not None:
+        loss = loss + label_score(meta_on_student, labels, kind).mean()
+    return loss
+
+
+def reward(student_logits: torch.Tensor, meta_logits: torch.Tensor, labels: torch.Tensor, kind: str, mode: str,
+           normaliser: int) -> float:
+    """Student vs meta-teacher on one main-task quiz batch, summed and divided by the quiz-set size."""
+    s, m = label_score(student_logits, labels, kind), label_score(meta_logits, labels, kind)
+    per_example = (s > m).float() if mode == "binary" else s - m
+    return float(per_example.sum()) / max(normaliser, 1)
+
+
+def discounted_returns(rewards: Sequence[float], gamma: float) -> torch.Tensor:
+    out, running = [], 0.0
+    for r in reversed(list(rewards)):
+        running = r + gamma * running
+        out.append(running)
+    return torch.tensor(out[::-1], dtype=torch.float32)
+
+
+def reinforce_loss(log_probs: torch.Tensor, rewards: Sequence[float], gamma: float) -> torch.Tensor:
+    """−mean_t(Â_t · log π(a_t|s_t)) with discounted returns and the mean return as baseline."""
+    returns = discounted_returns(rewards, gamma).to(log_probs.device)
+    advantages = returns - returns.mean()
+    return -(advantages * log_probs).mean()

@@ -1,0 +1,153 @@
+"""One wrapper for teacher and student: an HF sequence classifier plus one extra head per task.
+
+The main task's head *is* the HF model's own classifier, so ``save_pretrained`` of
+``agent.hf`` gives a folder that ``AutoModelForSequenceClassification`` loads with identical
+predictions. Auxiliary (curriculum) tasks get their own linear heads on the same pooled vector.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from mpdistil.config import ConfigError
+from mpdistil.models.loading import load_config, load_classifier, resolve_model_source
+
+
+@dataclass
+class AgentOutput:
+    logits: torch.Tensor  # [B, C] (classification, multiple choice) or [B] (regression)
+    pooled: torch.Tensor  # the vector the classifier reads, before dropout: [B(*choices), H]
+    cls: Optional[torch.Tensor] = None  # last layer's [CLS] hidden state: [B(*choices), H]
+    cls_states: Optional[tuple[torch.Tensor, ...]] = None  # [CLS] of each layer 1..L, [B(*choices), H]
+
+
+class Agent(nn.Module):
+    """An encoder with a head per task; forward takes keyword tensors so higher/func can call it."""
+
+    def __init__(self, hf_model: PreTrainedModel, main_task: str, kind: str) -> None:
+        super().__init__()
+        if not isinstance(getattr(hf_model, "classifier", None), nn.Linear):
+            raise ConfigError(
+                f"{type(hf_model).__name__} has no linear `classifier` head; supported encoders are BERT-like "
+                "(BERT, MiniLM, DeBERTa-v2, ALBERT, ...)"
+            )
+        self.hf = hf_model
+        self.main_task = main_task
+        self.kinds: dict[str, str] = {main_task: kind}
+        self.heads = nn.ModuleDict()
+        self.dropout = getattr(hf_model, "dropout", None) or nn.Identity()
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.hf.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf.classifier.in_features)
+
+    def add_task(self, name: str, num_outputs: int, kind: str) -> None:
+        """A fresh linear head for an auxiliary task (same pooled input as the main head)."""
+        if name in self.kinds:
+            return
+        head = nn.Linear(self.hidden_size, num_outputs)
+        std = getattr(self.hf.config, "initializer_range", 0.02)
+        nn.init.normal_(head.weight, std=std)
+        nn.init.zeros_(head.bias)
+        self.heads[name] = head.to(self.hf.classifier.weight.device)
+        self.kinds[name] = kind
+
+    def head(self, task: Optional[str]) -> nn.Linear:
+        return self.hf.classifier if task in (None, self.main_task) else self.heads[task]
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor],
+             output_hidden: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[tuple[torch.Tensor, ...]]]:
+        """Pooled vector exactly as the HF classifier computes it, the last [CLS], optionally every layer's."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.hf.base_model(**kwargs, output_hidden_states=output_hidden, return_dict=True)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooler = getattr(self.hf, "pooler", None)
+            if pooler is None:
+                raise ConfigError(f"{type(self.hf).__name__} exposes no pooled output; use a BERT-like encoder")
+            pooled = pooler(out.last_hidden_state)
+        cls_states = tuple(h[:, 0] for h in out.hidden_states[1:]) if output_hidden else None
+        return pooled, out.last_hidden_state[:, 0], cls_states
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None, task: Optional[str] = None,
+                output_hidden: bool = False, **_: Any) -> AgentOutput:
+        choices = input_ids.shape[1] if input_ids.dim() == 3 else 0
+        if choices:
+            flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
+            input_ids, attention_mask, token_type_ids = flat(input_ids), flat(attention_mask), flat(token_type_ids)
+        pooled, cls, cls_states = self.pool(input_ids, attention_mask, token_type_ids, output_hidden)
+        logits = self.head(task)(self.dropout(pooled))
+        kind = self.kinds.get(task or self.main_task)
+        if choices:
+            logits = logits.view(-1, choices)
+        elif kind == "regression":
+            logits = logits.squeeze(-1)
+        return AgentOutput(logits=logits, pooled=pooled, cls=cls, cls_states=cls_states)
+
+    def classify_pooled(self, pooled: torch.Tensor, task: Optional[str] = None, choices: int = 0) -> torch.Tensor:
+        """Logits from an already pooled vector (a cached frozen encoder output)."""
+        logits = self.head(task)(pooled)
+        if choices:
+            return logits.view(-1, choices)
+        return logits.squeeze(-1) if self.kinds.get(task or self.main_task) == "regression" else logits
+
+
+def _hf_kwargs(num_labels: int, kind: str, label_names: list[str], attn: Optional[str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"num_labels": num_labels}
+    if kind == "regression":
+        kwargs["problem_type"] = "regression"
+    elif kind == "classification":
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    if attn:
+        kwargs["attn_implementation"] = attn
+    return kwargs
+
+
+def build_agents(model_cfg: Any, main_task: str, kind: str, num_labels: int, label_names: list[str],
+                 seed: int) -> tuple[Agent, Agent, dict[str, str]]:
+    """Teacher and student for the main task. The student defaults to the teacher's first layers."""
+    kwargs = _hf_kwargs(num_labels, kind, label_names, model_cfg.attn_implementation)
+    teacher_src, teacher_label = resolve_model_source(model_cfg.teacher)
+    torch.manual_seed(seed)
+    if model_cfg.random_init:
+        overrides = dict(model_cfg.config_overrides)
+        config = load_config(teacher_src, **overrides, **kwargs)
+        teacher_hf = AutoModelForSequenceClassification.from_config(config)
+    else:
+        teacher_hf = load_classifier(teacher_src, **kwargs)
+    if model_cfg.student:
+        student_src, student_label = resolve_model_source(model_cfg.student)
+        student_hf = load_classifier(student_src, **kwargs)
+    else:
+        layers = model_cfg.student_layers
+        if layers is None:
+            raise ConfigError("model.student or model.student_layers must be set; e.g. model.student_layers=3")
+        if layers > teacher_hf.config.num_hidden_layers:
+            raise ConfigError(
+                f"model.student_layers={layers} exceeds the teacher's {teacher_hf.config.num_hidden_layers} layers"
+            )
+        student_label = f"{teacher_label}[:{layers} layers]"
+        if model_cfg.random_init:
+            config = load_config(teacher_src, **dict(model_cfg.config_overrides), **kwargs, num_hidden_layers=layers)
+            student_hf = AutoModelForSequenceClassification.from_config(config)
+            student_hf.load_state_dict(teacher_hf.state_dict(), strict=False)
+        else:
+            student_hf = load_classifier(teacher_src, num_hidden_layers=layers, **kwargs)
+    return Agent(teacher_hf, main_task, kind), Agent(student_hf, main_task, kind), {
+        "teacher": teacher_label, "student": student_label}
+
+
+def count_parameters(agent: nn.Module) -> int:
+    return sum(p.numel() for p in agent.parameters())

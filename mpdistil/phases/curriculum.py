@@ -1,0 +1,168 @@
+"""Phase 4: the student learns a curriculum over tasks by REINFORCE.
+
+At step t the policy picks a task; the student takes one update on a quiz batch of that task
+(L = CE − mean p_S(y|x) + mean p_T'(y|h_S), the T' term on the main task only, since T' knows
+only its labels); *then* the reward compares student and T' on the next main-task quiz batch,
+so each reward measures the update it rewards. ``method.authors_episode_update=true`` restores
+the authors' timing instead: student gradients summed over the episode and applied at its end,
+and the reward of step t credited to the action chosen after it.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from mpdistil.data.encode import EncodedSplit, model_inputs
+from mpdistil.losses import curriculum_student_loss, hard_loss, label_score, reinforce_loss, reward
+from mpdistil.models.policy import Policy, pooler_weight
+from mpdistil.phases import Phase, register_phase
+from mpdistil.training import BestKeeper
+
+
+@register_phase("curriculum")
+class CurriculumPhase(Phase):
+    def epochs(self, ctx: Any) -> int:
+        return ctx.cfg.method.episodes if ctx.cfg.method.curriculum else 0
+
+    def start(self, ctx: Any) -> None:
+        m, rt, student = ctx.cfg.method, ctx.rt, ctx.student
+        self.mt = ctx.meta_teacher()
+        self.mt.requires_grad_(False)
+        self.tasks = [ctx.task.name] + [t for t in m.curriculum_tasks if t != ctx.task.name]
+        self.kinds = {ctx.task.name: ctx.task.kind}
+        self.quiz: dict[str, EncodedSplit] = {ctx.task.name: ctx.splits["quiz"]}
+        for name in self.tasks[1:]:
+            aux = ctx.aux[name]
+            student.add_task(name, aux.info.num_outputs, aux.info.kind)
+            self.kinds[name] = aux.info.kind
+            self.quiz[name] = aux.quiz
+        state_dim = student.hidden_size if m.policy_state == "pooler" else 2 * len(self.tasks) + 1
+        self.policy = Policy(m.policy_state, len(self.tasks), state_dim).to(rt.device)
+        ctx.agents["policy"] = self.policy
+        self.opt_student = rt.optimizer(student.parameters(), m.curriculum_lr)
+        self.opt_policy = rt.optimizer(self.policy.parameters(), m.policy_lr)
+        self.best = BestKeeper("curriculum")
+        main_quiz = ctx.splits["quiz"]
+        self.mt_quiz_logits = ctx.meta_teacher_logits("quiz")
+        bs = ctx.cfg.trainer.batch_size
+        self.steps = m.episode_length or math.ceil(len(main_quiz) / bs)
+        self.episodes: list[dict[str, Any]] = []
+        self.last_reward = 0.0
+
+    def _batches(self, ctx: Any, task: str, episode: int) -> Iterator[dict[str, Any]]:
+        """Endless shuffled quiz batches of one task, reshuffled on each pass."""
+        salt = self.tasks.index(task)
+        sweep = 0
+        while True:
+            g = ctx.generator(5, episode, salt, sweep)
+            yield from ctx.rt.batches(self.quiz[task], ctx.cfg.trainer.batch_size, shuffle=True, generator=g)
+            sweep += 1
+
+    @torch.no_grad()
+    def state(self, ctx: Any) -> torch.Tensor:
+        if ctx.cfg.method.policy_state == "pooler":
+            return pooler_weight(ctx.student).detach().float()
+        return self.quiz_stats(ctx)
+
+    @torch.no_grad()
+    def quiz_stats(self, ctx: Any) -> torch.Tensor:
+        """Mean p(y|x) and loss of the student on a fixed probe batch of each task, and the last reward."""
+        student, rt = ctx.student, ctx.rt
+        was = student.training
+        student.eval()
+        feats = []
+        for name in self.tasks:
+            probe = next(rt.batches(self.quiz[name], ctx.cfg.trainer.batch_size))
+            with rt.autocast():
+                logits = student(**model_inputs(probe), task=name).logits
+            feats += [float(label_score(logits, probe["labels"], self.kinds[name]).mean()),
+                      float(hard_loss(logits, probe["labels"], self.kinds[name]))]
+        student.train(was)
+        return torch.tensor(feats + [self.last_reward], device=rt.device)
+
+    def run_epoch(self, ctx: Any, episode: int) -> dict[str, float]:
+        m, rt, student, main = ctx.cfg.method, ctx.rt, ctx.student, ctx.task.name
+        train_mode = not m.authors_no_dropout
+        student.train(train_mode)
+        iters = {t: self._batches(ctx, t, episode) for t in self.tasks}
+        reward_batches = self._batches(ctx, main, episode + 1_000_003)
+        log_probs, rewards, actions = [], [], []
+        for _ in range(self.steps):
+            dist = self.policy(self.state(ctx))
+            action = int(dist.sample())
+            log_probs.append(dist.log_prob(torch.tensor(action, device=rt.device)))
+            name = self.tasks[action]
+            batch = next(iters[name])
+            with rt.autocast():
+                out = student(**model_inputs(batch), task=name)
+                choices = self.quiz[name].num_choices
+                mt_s = self.mt(out.pooled, "student", choices) if name == main else None
+                loss = curriculum_student_loss(out.logits, batch["labels"], self.kinds[name], mt_s)
+            if m.authors_episode_update:
+                loss.backward()
+            else:
+                rt.step(loss, self.opt_student, "student (curriculum)")
+            rewards.append(self._reward(ctx, next(reward_batches), train_mode))
+            actions.append(name)
+            self.last_reward = rewards[-1]
+        if m.authors_episode_update:
+            self._apply_accumulated(ctx)
+        lp = torch.stack(log_probs)
+        policy_loss = reinforce_loss(lp[1:], rewards[:-1], m.gamma) if m.authors_episode_update and len(rewards) > 1 \
+            else reinforce_loss(lp, rewards, m.gamma)
+        rt.step(policy_loss, self.opt_policy, "policy")
+        metrics = ctx.evaluate(student, ctx.selection_split)
+        improved = self.best.offer(student, ctx.score(metrics), episode, metrics)
+        row = {"reward": float(sum(rewards)), "policy_loss": float(policy_loss.detach()),
+               **{f"sel_{k}": v for k, v in metrics.items()}}
+        self.episodes.append({"episode": episode, "reward": row["reward"], "trajectory": actions,
+                              "rewards": rewards, "selection": metrics, "best_so_far": improved})
+        return row
+
+    def _apply_accumulated(self, ctx: Any) -> None:
+        """The authors' timing: one step with the gradients summed over the whole episode."""
+        rt, opt = ctx.rt, self.opt_student
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if rt.grad_clip > 0 and params:
+            torch.nn.utils.clip_grad_norm_(params, rt.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def _reward(self, ctx: Any, batch: dict[str, Any], train_mode: bool) -> float:
+        student, rt = ctx.student, ctx.rt
+        student.eval()
+        with rt.autocast():
+            logits = student(**model_inputs(batch)).logits.float()
+        student.train(train_mode)
+        mt_logits = self.mt_quiz_logits[batch["index"].cpu()].to(rt.device)
+        return reward(logits, mt_logits, batch["labels"], ctx.task.kind, ctx.cfg.method.reward,
+                      len(ctx.splits["quiz"]))
+
+    def finish(self, ctx: Any) -> dict[str, Any]:
+        self.best.restore(ctx.student)
+        self.mt.requires_grad_(True)
+        counts = Counter(a for ep in self.episodes for a in ep["trajectory"])
+        total = max(sum(counts.values()), 1)
+        with torch.no_grad():
+            final_probs = self.policy(self.state(ctx)).probs.cpu().tolist()
+        ctx.logger.table("curriculum/trajectories", ["episode", "step", "task", "reward"],
+                         [[ep["episode"], t, a, r] for ep in self.episodes
+                          for t, (a, r) in enumerate(zip(ep["trajectory"], ep["rewards"]))])
+        best = self.episodes[self.best.epoch] if self.best.epoch is not None else {}
+        ctx.logger.summary({"curriculum/best_episode": self.best.epoch,
+                            "curriculum/best_reward": best.get("reward"),
+                            **{f"curriculum/best_{k}": v for k, v in self.best.metrics.items()}})
+        return {
+            "tasks": self.tasks, "reward": ctx.cfg.method.reward, "steps_per_episode": self.steps,
+            "best_episode": self.best.epoch, "selection": self.best.metrics,
+            "episode_rewards": [ep["reward"] for ep in self.episodes],
+            "trajectories": [ep["trajectory"] for ep in self.episodes],
+            "action_distribution": {t: counts.get(t, 0) / total for t in self.tasks},
+            "final_policy": dict(zip(self.tasks, final_probs)),
+            "authors_episode_update": ctx.cfg.method.authors_episode_update,
+        }

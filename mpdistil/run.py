@@ -1,0 +1,253 @@
+"""One run, top to bottom: config → tasks → agents → phases → results.
+
+Read this file to follow a run; each phase lives in ``mpdistil/phases/``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mpdistil.config import ConfigError, validate
+from mpdistil.context import AuxTask, RunContext, TaskInfo
+from mpdistil.data.encode import EncodedSplit, encode_examples
+from mpdistil.data.registry import get_task_spec, load_task, task_config_for
+from mpdistil.data.splits import quiz_split, save_split_indices, subsample
+from mpdistil.data.types import TaskData
+from mpdistil.loggers import build_logger
+from mpdistil.models.agent import build_agents, count_parameters
+from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
+from mpdistil.phases import PHASES
+from mpdistil.results import format_table, peak_memory, write_json
+from mpdistil.training import Runtime, resolve_device
+
+ROW_OF_PHASE = {"teacher": "teacher", "undistilled": "undistilled", "distill": "student",
+                "meta_teacher": "meta_teacher", "curriculum": "mpdistil"}
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def default_cache_dir(cfg: Any) -> Path:
+    root = cfg.cache_dir or os.environ.get("MPDISTIL_CACHE") or Path.home() / ".cache" / "mpdistil"
+    return Path(root).expanduser().resolve()
+
+
+def task_info(data: TaskData) -> TaskInfo:
+    spec = get_task_spec(data.name)
+    return TaskInfo(data.name, data.kind, list(data.label_names), list(spec.metrics), spec.main_metric)
+
+
+def _labels(examples: list) -> Optional[np.ndarray]:
+    return np.array([ex.label for ex in examples]) if examples else None
+
+
+def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_dir: Path, tokenizer: Any,
+                      info_out: dict[str, Any]) -> tuple[TaskInfo, dict[str, EncodedSplit], list[str]]:
+    """Load the task, subsample if asked, split train 9:1 into train'/quiz, tokenise every split."""
+    data = load_task(cfg.task, data_dir, cache_dir)
+    info = task_info(data)
+    train_idx_all = np.arange(len(data.train))
+    if cfg.task.max_train_examples:
+        train_idx_all = np.asarray(subsample(data.train, cfg.task.max_train_examples, cfg.seed), dtype=int)
+    stratify = info.kind != "regression"
+    labels = _labels([data.train[i] for i in train_idx_all])
+    tr, qz = quiz_split(labels, cfg.task.quiz_fraction, cfg.seed, stratify)
+    train_idx, quiz_idx = train_idx_all[np.asarray(tr, dtype=int)], train_idx_all[np.asarray(qz, dtype=int)]
+    save_split_indices(out_dir / "splits.json", {
+        "task": info.name, "seed": cfg.seed, "quiz_fraction": cfg.task.quiz_fraction,
+        "note": "indices into the official train file, in file order",
+        "train": train_idx.tolist(), "quiz": quiz_idx.tolist(), "label_names": info.label_names})
+    enc = lambda exs, name: encode_examples(tokenizer, exs, info.name, name, info.kind,  # noqa: E731
+                                            cfg.task.max_length, cache_dir)
+    splits = {"train": enc([data.train[i] for i in train_idx], "train"),
+              "quiz": enc([data.train[i] for i in quiz_idx], "quiz")}
+    dev_names = list(data.dev)
+    for name, exs in list(data.dev.items()) + list(data.test.items()):
+        if cfg.task.max_eval_examples and name in data.dev:
+            exs = [exs[i] for i in subsample(exs, cfg.task.max_eval_examples, cfg.seed)]
+        if exs:
+            splits[name] = enc(exs, name)
+    info_out.update(source=data.source, sizes={k: len(v) for k, v in splits.items()})
+    return info, splits, dev_names
+
+
+def prepare_aux_tasks(cfg: Any, names: list[str], data_dir: Optional[str], cache_dir: Path,
+                      tokenizer: Any) -> dict[str, AuxTask]:
+    """Curriculum actions: each other task's quiz split (9:1 of its train set, same seed)."""
+    aux: dict[str, AuxTask] = {}
+    for name in names:
+        if name == cfg.task.name:
+            continue
+        tcfg = task_config_for(name, data_dir=cfg.task.data_dir or data_dir, max_length=cfg.task.max_length)
+        data = load_task(tcfg, data_dir, cache_dir)
+        info = task_info(data)
+        _, qz = quiz_split(_labels(data.train), tcfg.quiz_fraction, cfg.seed, info.kind != "regression")
+        aux[name] = AuxTask(info, encode_examples(tokenizer, [data.train[i] for i in qz], name, "quiz", info.kind,
+                                                  cfg.task.max_length, cache_dir))
+    return aux
+
+
+def phase_groups(cfg: Any) -> list[list[str]]:
+    return [group.split("+") for group in cfg.method.phases]
+
+
+def preflight(cfg: Any) -> None:
+    """Every cheap check, before data or weights are loaded."""
+    validate(cfg)
+    get_task_spec(cfg.task.name)
+    for name in cfg.method.curriculum_tasks:
+        get_task_spec(name)
+    names = [p for g in phase_groups(cfg) for p in g]
+    if "curriculum" in names and cfg.method.curriculum and not cfg.method.curriculum_tasks:
+        pass  # a single-action curriculum is legal (the authors' code had one)
+    resolve_model_source(cfg.model.teacher)
+    if cfg.model.student:
+        resolve_model_source(cfg.model.student)
+    resolve_device(cfg.trainer.device)
+
+
+def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
+    start = time.perf_counter()
+    preflight(cfg)
+    if out_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    cache_dir = default_cache_dir(cfg)
+    data_dir = cfg.data_dir
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    teacher_src, _ = resolve_model_source(cfg.model.teacher)
+    tok_src = resolve_model_source(cfg.model.tokenizer)[0] if cfg.model.tokenizer else teacher_src
+    tokenizer = load_tokenizer(tok_src)
+    if cfg.model.student:
+        check_same_tokenizer(tokenizer, load_tokenizer(resolve_model_source(cfg.model.student)[0]),
+                             (cfg.model.teacher, cfg.model.student))
+    data_info: dict[str, Any] = {}
+    info, splits, dev_names = prepare_main_task(cfg, data_dir, cache_dir, out_dir, tokenizer, data_info)
+    groups = phase_groups(cfg)
+    wants_curriculum = any("curriculum" in g for g in groups) and cfg.method.curriculum
+    aux = prepare_aux_tasks(cfg, list(cfg.method.curriculum_tasks), data_dir, cache_dir, tokenizer) \
+        if wants_curriculum else {}
+    timings["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    teacher, student, sources = build_agents(cfg.model, info.name, info.kind, info.num_outputs, info.label_names,
+                                             cfg.seed)
+    rt = Runtime(resolve_device(cfg.trainer.device), cfg.trainer.precision, cfg.trainer.grad_clip,
+                 cfg.trainer.weight_decay, cfg.trainer.eval_batch_size, tokenizer.pad_token_id or 0,
+                 cfg.trainer.progress)
+    teacher.to(rt.device)
+    student.to(rt.device)
+    timings["models"] = time.perf_counter() - t
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    write_json(out_dir / "config.json", resolved)
+    logger = build_logger(cfg.logger, resolved, out_dir, f"{info.name}-{cfg.method.name}-s{cfg.seed}")
+    ctx = RunContext(cfg=cfg, rt=rt, out_dir=out_dir, cache_dir=cache_dir, logger=logger, task=info,
+                     splits=splits, dev_names=dev_names, teacher=teacher, student=student,
+                     initial_student_state={k: v.detach().clone() for k, v in student.state_dict().items()},
+                     aux=aux, sources=sources)
+    eval_splits = [s for s in [*dev_names, "quiz", *[n for n in splits if n.startswith("test")]]
+                   if s in splits and splits[s].labels is not None]
+    agents_out: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        for group in groups:
+            label = "+".join(group)
+            phases = [PHASES[name]() for name in group]
+            with ctx.timed(label):
+                for phase in phases:
+                    phase.start(ctx)
+                for epoch in range(phases[0].epochs(ctx)):
+                    for phase in phases:
+                        row = phase.run_epoch(ctx, epoch)
+                        if row:
+                            logger.log(phase.name, epoch, row)
+                for phase in phases:
+                    ctx.records[phase.name] = phase.finish(ctx)
+                    agents_out[ROW_OF_PHASE[phase.name]] = evaluate_row(ctx, phase.name, eval_splits)
+            if "teacher" in group:
+                _print(f"[mpdistil] {label}: {ctx.timings[label]:.1f}s")
+    finally:
+        timings.update(ctx.timings)
+        timings["total"] = time.perf_counter() - start
+    outputs = export(ctx)
+    timings["total"] = time.perf_counter() - start
+    results = {
+        "task": {"name": info.name, "kind": info.kind, "label_names": info.label_names, "metrics": info.metrics,
+                 "main_metric": info.main_metric, **data_info},
+        "method": {"name": cfg.method.name, "phases": list(cfg.method.phases)},
+        "selection_split": cfg.trainer.selection_split, "seed": cfg.seed,
+        "model": {**sources, "teacher_layers": teacher.num_layers, "student_layers": student.num_layers,
+                  "teacher_params": count_parameters(teacher.hf), "student_params": count_parameters(student.hf)},
+        "agents": agents_out, "phases": ctx.records, "time": timings, "memory": peak_memory(),
+        "device": str(rt.device), "precision": rt.precision, "outputs": outputs,
+    }
+    write_json(out_dir / "results.json", results)
+    logger.summary({f"final/{row}/{s}/{k}": v for row, per in agents_out.items() for s, m in per.items()
+                    for k, v in m.items()})
+    logger.finish()
+    _print("\n" + format_table(results, [s for s in eval_splits if s != "quiz"][:2] or eval_splits[:1]))
+    _print(f"\n[mpdistil] results: {out_dir / 'results.json'}")
+    return results
+
+
+def evaluate_row(ctx: RunContext, phase: str, splits: list[str]) -> dict[str, dict[str, float]]:
+    """Task metrics of the agent a phase produced, on every labelled split."""
+    if phase == "meta_teacher":
+        return {s: ctx.metrics_from_logits(ctx.meta_teacher_logits(s), s) for s in splits}
+    agent = {"teacher": ctx.teacher, "undistilled": ctx.agents.get("undistilled")}.get(phase, ctx.student)
+    return {s: ctx.evaluate(agent, s) for s in splits}
+
+
+def export(ctx: RunContext) -> dict[str, Any]:
+    """The final student as an HF folder (with tokenizer) and test predictions in leaderboard format."""
+    from mpdistil.data.leaderboard import write_test_predictions
+    from mpdistil.training import predict, predictions_from_logits
+
+    outputs: dict[str, Any] = {}
+    if ctx.cfg.trainer.save_student:
+        folder = ctx.out_dir / "student"
+        ctx.student.hf.save_pretrained(folder)
+        load_tokenizer(resolve_model_source(ctx.cfg.model.tokenizer or ctx.cfg.model.teacher)[0]).save_pretrained(
+            folder)
+        outputs["student"] = str(folder)
+    if ctx.cfg.eval.write_test_predictions:
+        spec = get_task_spec(ctx.task.name)
+        files = []
+        for name, split in ctx.splits.items():
+            if not name.startswith("test"):
+                continue
+            preds = predictions_from_logits(predict(ctx.student, split, ctx.rt)["logits"], ctx.task.kind)
+            files.append(str(write_test_predictions(spec, name, [ex.uid for ex in split.examples], preds.tolist(),
+                                                    ctx.out_dir / "test_predictions")))
+        outputs["test_predictions"] = files
+    return outputs
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+__all__ = ["run", "ConfigError"]
