@@ -1,0 +1,158 @@
+"""Seeded, deterministic index splits: train'/quiz (METHOD.md "Data splits") and subsampling.
+
+Every function returns sorted indices, so the same seed gives the same examples in the same order
+on every machine, and the indices can be saved with the run and reused.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, TypeVar
+
+import numpy as np
+
+from mpdistil.data.types import Example, TaskData
+
+T = TypeVar("T")
+
+
+def _is_class_label(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _groups(labels: Sequence[Any]) -> list[np.ndarray]:
+    """Indices per class, classes in a fixed order (sorted by value)."""
+    by_class: dict[Any, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    keys = sorted(by_class, key=lambda k: (str(type(k)), k) if k is not None else ("", 0))
+    return [np.asarray(by_class[k], dtype=np.int64) for k in keys]
+
+
+def _allocate(counts: Sequence[int], total: int, minimum: Sequence[int], maximum: Sequence[int]) -> list[int]:
+    """Per-class quotas summing to ``total`` (as far as the bounds allow), proportional to ``counts``.
+
+    Largest-remainder rounding, ties broken by class order, so the result is deterministic.
+    """
+    n = sum(counts)
+    if n == 0:
+        return [0 for _ in counts]
+    exact = [total * c / n for c in counts]
+    quota = [min(max(math.floor(e), lo), hi) for e, lo, hi in zip(exact, minimum, maximum)]
+    while sum(quota) < total:
+        room = [i for i in range(len(counts)) if quota[i] < maximum[i]]
+        if not room:
+            break
+        quota[max(room, key=lambda i: (exact[i] - quota[i], -i))] += 1
+    while sum(quota) > total:
+        room = [i for i in range(len(counts)) if quota[i] > minimum[i]]
+        if not room:
+            break
+        quota[max(room, key=lambda i: (quota[i] - exact[i], -i))] -= 1
+    return quota
+
+
+def quiz_split(
+    labels: Sequence[Any], fraction: float, seed: int, stratify: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions 0..n-1 into (train', quiz), with round(fraction * n) quiz examples.
+
+    Stratified: each class contributes in proportion, and every class with at least two examples
+    has at least one in quiz and one in train', so the quiz reward sees every class.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"quiz fraction {fraction} must lie in (0, 1); the paper uses 0.1")
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    if n < 2:
+        return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    total = min(max(1, int(round(fraction * n))), n - 1)
+    if not stratify:
+        order = rng.permutation(n)
+        return np.sort(order[total:]), np.sort(order[:total])
+    groups = _groups(labels)
+    counts = [len(g) for g in groups]
+    quota = _allocate(counts, total, [1 if c >= 2 else 0 for c in counts], [max(c - 1, 0) for c in counts])
+    quiz = [rng.permutation(g)[:q] for g, q in zip(groups, quota)]
+    quiz_idx = np.sort(np.concatenate(quiz)) if quiz else np.zeros(0, dtype=np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[quiz_idx] = False
+    return np.flatnonzero(mask).astype(np.int64), quiz_idx.astype(np.int64)
+
+
+def subsample_indices(labels: Sequence[Any], n: int, seed: int, stratify: Optional[bool] = None) -> np.ndarray:
+    """Sorted positions of ``n`` items drawn without replacement (stratified for class labels)."""
+    size = len(labels)
+    if n >= size:
+        return np.arange(size, dtype=np.int64)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if stratify is None:
+        stratify = size > 0 and all(_is_class_label(label) for label in labels)
+    rng = np.random.default_rng(seed)
+    if not stratify:
+        return np.sort(rng.permutation(size)[:n]).astype(np.int64)
+    groups = _groups(labels)
+    counts = [len(g) for g in groups]
+    floor = [1 if n >= len(groups) else 0 for _ in groups]
+    quota = _allocate(counts, n, floor, counts)
+    picked = [rng.permutation(g)[:q] for g, q in zip(groups, quota)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def subsample(examples: Sequence[T], n: Optional[int], seed: int, stratify: Optional[bool] = None) -> list[T]:
+    """``n`` of the examples in their original order (all of them when ``n`` is None or too large).
+
+    Stratified by label when the labels are class indices (``stratify=None`` decides that).
+    """
+    if n is None or n >= len(examples):
+        return list(examples)
+    labels = [getattr(ex, "label", None) for ex in examples]
+    return [examples[i] for i in subsample_indices(labels, n, seed, stratify)]
+
+
+def limit_task_data(data: TaskData, max_train: Optional[int], max_eval: Optional[int], seed: int) -> TaskData:
+    """Apply ``task.max_train_examples`` to train and ``task.max_eval_examples`` to every dev/test split."""
+    def cap(split: dict[str, list[Example]]) -> dict[str, list[Example]]:
+        return {name: subsample(ex, max_eval, seed) for name, ex in split.items()}
+
+    return replace(data, train=subsample(data.train, max_train, seed), dev=cap(data.dev), test=cap(data.test))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def save_split_indices(path: os.PathLike | str, indices: Mapping[str, Any]) -> Path:
+    """Write the split indices as JSON, atomically (temp file, then os.replace) so a crash never leaves half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_jsonable(indices), fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def load_split_indices(path: os.PathLike | str) -> dict[str, Any]:
+    """Read what :func:`save_split_indices` wrote (lists of ints stay lists)."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
