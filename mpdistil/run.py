@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mpdistil.config import ConfigError, validate
+from mpdistil.config import validate
 from mpdistil.context import AuxTask, RunContext, TaskInfo
 from mpdistil.data.encode import EncodedSplit, encode_examples
 from mpdistil.data.registry import get_task_spec, load_task, task_config_for
-from mpdistil.data.splits import quiz_split, save_split_indices, subsample
+from mpdistil.data.splits import quiz_split, save_split_indices, subsample, subsample_indices
 from mpdistil.data.types import TaskData
 from mpdistil.loggers import build_logger
 from mpdistil.models.agent import build_agents, count_parameters
@@ -63,7 +63,8 @@ def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_di
     info = task_info(data)
     train_idx_all = np.arange(len(data.train))
     if cfg.task.max_train_examples:
-        train_idx_all = np.asarray(subsample(data.train, cfg.task.max_train_examples, cfg.seed), dtype=int)
+        train_idx_all = subsample_indices(_labels(data.train), cfg.task.max_train_examples, cfg.seed,
+                                          info.kind != "regression")
     stratify = info.kind != "regression"
     labels = _labels([data.train[i] for i in train_idx_all])
     tr, qz = quiz_split(labels, cfg.task.quiz_fraction, cfg.seed, stratify)
@@ -79,7 +80,7 @@ def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_di
     dev_names = list(data.dev)
     for name, exs in list(data.dev.items()) + list(data.test.items()):
         if cfg.task.max_eval_examples and name in data.dev:
-            exs = [exs[i] for i in subsample(exs, cfg.task.max_eval_examples, cfg.seed)]
+            exs = subsample(exs, cfg.task.max_eval_examples, cfg.seed)
         if exs:
             splits[name] = enc(exs, name)
     info_out.update(source=data.source, sizes={k: len(v) for k, v in splits.items()})
@@ -112,9 +113,6 @@ def preflight(cfg: Any) -> None:
     get_task_spec(cfg.task.name)
     for name in cfg.method.curriculum_tasks:
         get_task_spec(name)
-    names = [p for g in phase_groups(cfg) for p in g]
-    if "curriculum" in names and cfg.method.curriculum and not cfg.method.curriculum_tasks:
-        pass  # a single-action curriculum is legal (the authors' code had one)
     resolve_model_source(cfg.model.teacher)
     if cfg.model.student:
         resolve_model_source(cfg.model.student)
@@ -249,5 +247,3 @@ def export(ctx: RunContext) -> dict[str, Any]:
 def _print(msg: str) -> None:
     print(msg, flush=True)
 
-
-__all__ = ["run", "ConfigError"]

@@ -140,7 +140,8 @@ def build_agents(model_cfg: Any, main_task: str, kind: str, num_labels: int, lab
             )
         student_label = f"{teacher_label}[:{layers} layers]"
         if model_cfg.random_init:
-            config = load_config(teacher_src, **dict(model_cfg.config_overrides), **kwargs, num_hidden_layers=layers)
+            overrides = {**dict(model_cfg.config_overrides), "num_hidden_layers": layers}
+            config = load_config(teacher_src, **overrides, **kwargs)
             student_hf = AutoModelForSequenceClassification.from_config(config)
             student_hf.load_state_dict(teacher_hf.state_dict(), strict=False)
         else:
