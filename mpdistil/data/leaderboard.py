@@ -51,6 +51,7 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -59,6 +59,7 @@ def _write_atomic(target: Path, payload: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

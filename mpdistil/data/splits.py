@@ -144,6 +144,7 @@ def save_split_indices(path: os.PathLike | str, indices: Mapping[str, Any]) -> P
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(_jsonable(indices), fh, indent=1)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
