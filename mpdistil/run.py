@@ -47,8 +47,8 @@ def default_cache_dir(cfg: Any) -> Path:
     return Path(root).expanduser().resolve()
 
 
-def task_info(data: TaskData) -> TaskInfo:
-    spec = get_task_spec(data.name)
+def task_info(data: TaskData, task_cfg: Any) -> TaskInfo:
+    spec = get_task_spec(data.name, task_cfg)
     return TaskInfo(data.name, data.kind, list(data.label_names), list(spec.metrics), spec.main_metric)
 
 
@@ -60,7 +60,7 @@ def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_di
                       info_out: dict[str, Any]) -> tuple[TaskInfo, dict[str, EncodedSplit], list[str]]:
     """Load the task, subsample if asked, split train 9:1 into train'/quiz, tokenise every split."""
     data = load_task(cfg.task, data_dir, cache_dir)
-    info = task_info(data)
+    info = task_info(data, cfg.task)
     train_idx_all = np.arange(len(data.train))
     if cfg.task.max_train_examples:
         train_idx_all = subsample_indices(_labels(data.train), cfg.task.max_train_examples, cfg.seed,
@@ -96,7 +96,7 @@ def prepare_aux_tasks(cfg: Any, names: list[str], data_dir: Optional[str], cache
             continue
         tcfg = task_config_for(name, data_dir=cfg.task.data_dir or data_dir, max_length=cfg.task.max_length)
         data = load_task(tcfg, data_dir, cache_dir)
-        info = task_info(data)
+        info = task_info(data, tcfg)
         _, qz = quiz_split(_labels(data.train), tcfg.quiz_fraction, cfg.seed, info.kind != "regression")
         aux[name] = AuxTask(info, encode_examples(tokenizer, [data.train[i] for i in qz], name, "quiz", info.kind,
                                                   cfg.task.max_length, cache_dir))
@@ -232,14 +232,14 @@ def export(ctx: RunContext) -> dict[str, Any]:
             folder)
         outputs["student"] = str(folder)
     if ctx.cfg.eval.write_test_predictions:
-        spec = get_task_spec(ctx.task.name)
+        spec = get_task_spec(ctx.task.name, ctx.cfg.task)
         files = []
         for name, split in ctx.splits.items():
             if not name.startswith("test"):
                 continue
             preds = predictions_from_logits(predict(ctx.student, split, ctx.rt)["logits"], ctx.task.kind)
             files.append(str(write_test_predictions(spec, name, [ex.uid for ex in split.examples], preds.tolist(),
-                                                    ctx.out_dir / "test_predictions")))
+                                                    ctx.out_dir / "test_predictions", ctx.task.label_names)))
         outputs["test_predictions"] = files
     return outputs
 
