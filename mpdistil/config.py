@@ -232,6 +232,6 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"model.student_layers={cfg.model.student_layers} must be a positive integer")
     from mpdistil.phases import PHASES  # local import: phases import this module
 
-    for phase in m.phases:
+    for phase in (p for group in m.phases for p in group.split("+")):
         if phase not in PHASES:
             raise ConfigError(f"method.phases names unknown phase {phase!r}; known: {sorted(PHASES)}")

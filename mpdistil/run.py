@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mpdistil.config import validate
+from mpdistil.config import ConfigError, validate
 from mpdistil.context import AuxTask, RunContext, TaskInfo
 from mpdistil.data.encode import EncodedSplit, encode_examples
 from mpdistil.data.registry import get_task_spec, load_task, task_config_for
 from mpdistil.data.splits import quiz_split, save_split_indices, subsample, subsample_indices
 from mpdistil.data.types import TaskData
+from mpdistil.evaluation import evaluate_ood, evaluate_row
 from mpdistil.loggers import build_logger
 from mpdistil.models.agent import build_agents, count_parameters
 from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
@@ -148,6 +149,7 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     wants_curriculum = any("curriculum" in g for g in groups) and cfg.method.curriculum
     aux = prepare_aux_tasks(cfg, list(cfg.method.curriculum_tasks), data_dir, cache_dir, tokenizer) \
         if wants_curriculum else {}
+    ood = prepare_ood(cfg, data_dir, cache_dir, tokenizer, info) if cfg.eval.ood_tasks else {}
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -184,13 +186,18 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
                             logger.log(phase.name, epoch, row)
                 for phase in phases:
                     ctx.records[phase.name] = phase.finish(ctx)
-                    agents_out[ROW_OF_PHASE[phase.name]] = evaluate_row(ctx, phase.name, eval_splits)
+                    row = ROW_OF_PHASE[phase.name]
+                    if phase.epochs(ctx) or row in ("teacher", "meta_teacher"):
+                        agents_out[row] = evaluate_row(ctx, row, row_agent(ctx, row), eval_splits)
             if "teacher" in group:
                 _print(f"[mpdistil] {label}: {ctx.timings[label]:.1f}s")
     finally:
         timings.update(ctx.timings)
         timings["total"] = time.perf_counter() - start
-    outputs = export(ctx)
+    final_rows = [r for r in ("teacher", "undistilled", "mpdistil" if "mpdistil" in agents_out else "student")
+                  if r in agents_out]
+    ood_results = evaluate_ood(ctx, {r: row_agent(ctx, r) for r in final_rows}, ood, agents_out) if ood else {}
+    outputs = export(ctx, row_agent(ctx, final_rows[-1]) if final_rows else ctx.student)
     timings["total"] = time.perf_counter() - start
     results = {
         "task": {"name": info.name, "kind": info.kind, "label_names": info.label_names, "metrics": info.metrics,
@@ -199,7 +206,8 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
         "selection_split": cfg.trainer.selection_split, "seed": cfg.seed,
         "model": {**sources, "teacher_layers": teacher.num_layers, "student_layers": student.num_layers,
                   "teacher_params": count_parameters(teacher.hf), "student_params": count_parameters(student.hf)},
-        "agents": agents_out, "phases": ctx.records, "time": timings, "memory": peak_memory(),
+        "agents": agents_out, "fidelity": ctx.records.pop("fidelity", {}), "ood": ood_results,
+        "phases": ctx.records, "time": timings, "memory": peak_memory(),
         "device": str(rt.device), "precision": rt.precision, "outputs": outputs,
     }
     write_json(out_dir / "results.json", results)
@@ -211,15 +219,29 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     return results
 
 
-def evaluate_row(ctx: RunContext, phase: str, splits: list[str]) -> dict[str, dict[str, float]]:
-    """Task metrics of the agent a phase produced, on every labelled split."""
-    if phase == "meta_teacher":
-        return {s: ctx.metrics_from_logits(ctx.meta_teacher_logits(s), s) for s in splits}
-    agent = {"teacher": ctx.teacher, "undistilled": ctx.agents.get("undistilled")}.get(phase, ctx.student)
-    return {s: ctx.evaluate(agent, s) for s in splits}
+def row_agent(ctx: RunContext, row: str) -> Optional[torch.nn.Module]:
+    return {"teacher": ctx.teacher, "undistilled": ctx.agents.get("undistilled"), "meta_teacher": None}.get(
+        row, ctx.student)
 
 
-def export(ctx: RunContext) -> dict[str, Any]:
+def prepare_ood(cfg: Any, data_dir: Optional[str], cache_dir: Path, tokenizer: Any,
+                info: TaskInfo) -> dict[str, EncodedSplit]:
+    """Other tasks with the main task's label scheme, read through the main task's head."""
+    out: dict[str, EncodedSplit] = {}
+    for name in cfg.eval.ood_tasks:
+        tcfg = task_config_for(name, max_length=cfg.task.max_length, max_eval_examples=cfg.task.max_eval_examples)
+        data = load_task(tcfg, data_dir, cache_dir)
+        if data.kind != info.kind or (info.kind == "classification" and list(data.label_names) != info.label_names):
+            raise ConfigError(f"eval.ood_tasks: {name} has labels {list(data.label_names)} ({data.kind}), not the "
+                              f"main task's {info.label_names} ({info.kind}); pick a task with the same label scheme")
+        dev_name, exs = next(iter(data.dev.items()))
+        if cfg.task.max_eval_examples:
+            exs = subsample(exs, cfg.task.max_eval_examples, cfg.seed)
+        out[name] = encode_examples(tokenizer, exs, name, dev_name, info.kind, cfg.task.max_length, cache_dir)
+    return out
+
+
+def export(ctx: RunContext, student: torch.nn.Module) -> dict[str, Any]:
     """The final student as an HF folder (with tokenizer) and test predictions in leaderboard format."""
     from mpdistil.data.leaderboard import write_test_predictions
     from mpdistil.training import predict, predictions_from_logits
@@ -227,7 +249,7 @@ def export(ctx: RunContext) -> dict[str, Any]:
     outputs: dict[str, Any] = {}
     if ctx.cfg.trainer.save_student:
         folder = ctx.out_dir / "student"
-        ctx.student.hf.save_pretrained(folder)
+        student.hf.save_pretrained(folder)
         load_tokenizer(resolve_model_source(ctx.cfg.model.tokenizer or ctx.cfg.model.teacher)[0]).save_pretrained(
             folder)
         outputs["student"] = str(folder)
@@ -237,7 +259,7 @@ def export(ctx: RunContext) -> dict[str, Any]:
         for name, split in ctx.splits.items():
             if not name.startswith("test"):
                 continue
-            preds = predictions_from_logits(predict(ctx.student, split, ctx.rt)["logits"], ctx.task.kind)
+            preds = predictions_from_logits(predict(student, split, ctx.rt)["logits"], ctx.task.kind)
             files.append(str(write_test_predictions(spec, name, [ex.uid for ex in split.examples], preds.tolist(),
                                                     ctx.out_dir / "test_predictions", ctx.task.label_names)))
         outputs["test_predictions"] = files

@@ -65,7 +65,7 @@ class CurriculumPhase(Phase):
     @torch.no_grad()
     def state(self, ctx: Any) -> torch.Tensor:
         if ctx.cfg.method.policy_state == "pooler":
-            return pooler_weight(ctx.student).detach().float()
+            return pooler_weight(ctx.student).detach().float().clone()
         return self.quiz_stats(ctx)
 
     @torch.no_grad()
