@@ -111,8 +111,8 @@ def evaluate_row(ctx: Any, row: str, agent: Optional[torch.nn.Module], splits: l
     logits = {s: (ctx.meta_teacher_logits(s) if row == "meta_teacher" else predict(agent, ctx.splits[s], ctx.rt)[
         "logits"]) for s in splits}
     metrics = {s: ctx.metrics_from_logits(logits[s], s) for s in splits}
-    if row not in STUDENT_ROWS:
-        return metrics
+    if row not in STUDENT_ROWS or "teacher" not in ctx.records:
+        return metrics  # fidelity to an untrained teacher would mean nothing
     fidelity = ctx.records.setdefault("fidelity", {})
     vs_teacher, vs_meta = {}, {}
     for s in splits:

@@ -1,0 +1,52 @@
+"""Every preset composes; typos and impossible values fail before any work, with one clear line."""
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from mpdistil.config import ConfigError, validate
+from tests.helpers import CONF, main_py, make_cfg
+
+
+@pytest.mark.parametrize("group", ["task", "model", "method", "trainer", "logger", "experiment"])
+def test_every_preset_composes(group):
+    for preset in sorted((CONF / group).glob("*.yaml")):
+        cfg = make_cfg(f"{group}={preset.stem}")
+        validate(cfg)
+
+
+def test_default_is_the_offline_suite():
+    cfg = make_cfg()
+    assert cfg.task.name == "sentiment_movies" and cfg.model.teacher.startswith("package:")
+    assert cfg.method.name == "kd" and cfg.logger.mode == "offline"
+
+
+def test_misspelt_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("method.alpah=0.3")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("method.alpha=1.5", "method.alpha"), ("method.temperature=0", "method.temperature"),
+    ("method.student_epochs=0", "method.student_epochs"), ("trainer.batch_size=0", "trainer.batch_size"),
+    ("method.reward=sometimes", "method.reward"), ("trainer.precision=fp8", "trainer.precision"),
+    ("method.phases=[teacher,distil]", "unknown phase"),
+])
+def test_impossible_values_are_refused(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        validate(make_cfg(override))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["task=nosuchtask"], "unknown task preset 'nosuchtask'"),
+    (["method=distill_everything"], "unknown method preset"),
+    (["model=gpt9"], "unknown model preset"),
+    (["method.alpha=2"], "method.alpha=2"),
+    (["method.temperature=-1"], "method.temperature"),
+    (["task=cb", "data_dir=/no/such/folder"], "/no/such/folder"),
+])
+def test_cli_errors_are_one_line(args, needle):
+    proc = main_py(*args, "logger=none")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr[-2000:]

@@ -1,0 +1,144 @@
+"""End-to-end runs through the real config tree on tiny models and real benchmark files."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from mpdistil.data.encode import encode_examples, iterate
+from mpdistil.training import NonFiniteLossError
+from tests.conftest import shared_data_or_skip
+from tests.helpers import main_py, run_cfg
+
+
+@pytest.fixture(scope="module")
+def superglue():
+    return shared_data_or_skip("superglue")
+
+
+@pytest.fixture(scope="module")
+def kd_run(tmp_path_factory, superglue):
+    out = tmp_path_factory.mktemp("kd")
+    results = run_cfg(out, "task=cb", f"data_dir={superglue}", "model=tiny", "method=kd")
+    return out, results
+
+
+def test_kd_run_writes_results_splits_and_a_loadable_student(kd_run):
+    out, results = kd_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert set(on_disk["agents"]) == {"teacher", "undistilled", "student"}
+    for row in on_disk["agents"].values():
+        assert set(row["dev"]) == {"accuracy", "macro_f1"}
+    assert {"teacher", "undistilled", "distill", "total"} <= set(on_disk["time"])
+    assert on_disk["memory"]["peak_rss_mb"] > 0
+    fid = on_disk["fidelity"]["student_vs_teacher"]["dev"]
+    assert 0.0 <= fid["agreement"] <= 1.0 and fid["n"] == 24
+    assert fid["flip_both"] + fid["flip_neither"] + fid["flip_student_only"] + fid["flip_teacher_only"] == 24
+    splits = json.loads((out / "splits.json").read_text())
+    assert len(splits["train"]) + len(splits["quiz"]) == 40 and not set(splits["train"]) & set(splits["quiz"])
+    assert (out / "config.json").is_file()
+    assert any(p.endswith("CB.jsonl") for p in on_disk["outputs"]["test_predictions"])
+
+    folder = out / "student"
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    from mpdistil.data.registry import load_task, task_config_for
+    from mpdistil.data.splits import subsample
+
+    cfg = task_config_for("cb", data_dir=str(shared_data_or_skip("superglue")))
+    dev = subsample(load_task(cfg).dev["dev"], 24, 42)
+    split = encode_examples(tok, dev, "cb", "dev", "classification", 128)
+    preds = torch.zeros(len(split), dtype=torch.long)
+    with torch.no_grad():
+        for batch in iterate(split, 8, tok.pad_token_id):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           token_type_ids=batch["token_type_ids"]).logits
+            preds[batch["index"]] = logits.argmax(-1)
+    acc = float((preds == split.labels).float().mean())
+    assert acc == pytest.approx(on_disk["agents"]["student"]["dev"]["accuracy"])
+
+
+def test_split_is_deterministic_and_stratified(kd_run, tmp_path, superglue):
+    out, _ = kd_run
+    again = tmp_path / "again"
+    run_cfg(again, "task=cb", f"data_dir={superglue}", "model=tiny", "method=undistilled",
+            cache_dir=out / "cache")
+    a, b = json.loads((out / "splits.json").read_text()), json.loads((again / "splits.json").read_text())
+    assert a["train"] == b["train"] and a["quiz"] == b["quiz"]
+
+
+def test_teacher_is_cached_and_reused(kd_run, tmp_path, superglue):
+    out, first = kd_run
+    second = run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=kd",
+                     cache_dir=out / "cache")
+    assert second["phases"]["teacher"]["cached"] is True
+    assert second["agents"]["teacher"]["dev"] == first["agents"]["teacher"]["dev"]
+
+
+def test_mpdistil_run_over_two_real_tasks_has_every_key(tmp_path, superglue):
+    results = run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=mpdistil",
+                      "method.curriculum_tasks=[rte,copa]", "method.episode_length=3")
+    assert set(results["agents"]) == {"teacher", "meta_teacher", "undistilled", "student", "mpdistil"}
+    cur = results["phases"]["curriculum"]
+    assert cur["tasks"] == ["cb", "rte", "copa"] and len(cur["episode_rewards"]) == 2
+    assert all(len(t) == 3 and set(t) <= {"cb", "rte", "copa"} for t in cur["trajectories"])
+    assert sum(cur["action_distribution"].values()) == pytest.approx(1.0)
+    assert results["selection_split"] == "dev"
+    assert {"student_vs_teacher", "mpdistil_vs_teacher", "mpdistil_vs_meta_teacher"} <= set(results["fidelity"])
+    assert results["phases"]["meta_teacher"]["meta_loss"] == "col"
+
+
+def test_selection_on_quiz_is_recorded(tmp_path, superglue):
+    results = run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=undistilled",
+                      "trainer.selection_split=quiz")
+    assert results["selection_split"] == "quiz"
+    assert "accuracy" in results["phases"]["undistilled"]["selection"]
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path, superglue):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=undistilled",
+                "method.student_lr=1e12", "method.student_epochs=3", "task.max_train_examples=80")
+
+
+def test_wandb_offline_logs_and_none_imports_nothing(tmp_path, superglue):
+    run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=undistilled", "logger=wandb")
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert files, "no offline W&B run folder"
+    blob = files[0].read_bytes()
+    for key in (b"final/undistilled/dev/accuracy", b"undistilled/loss", b"undistilled/step", b"mpdistil"):
+        assert key in blob, key
+    code = ("import sys; from tests.helpers import run_cfg; from pathlib import Path;"
+            f"run_cfg(Path(r'{tmp_path / 'none'}'), 'task=cb', 'data_dir={superglue}', 'model=tiny',"
+            " 'method=undistilled'); print('wandb' in sys.modules)")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(__import__("tests.helpers").helpers.REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.slow
+def test_main_py_multirun_sweep(tmp_path, superglue):
+    proc = main_py("-m", "task=cb,rte", "seed=1,2", f"data_dir={superglue}", "model=tiny", "method=undistilled",
+                   "logger=none", "trainer.progress=false", "method.student_epochs=1", "task.max_train_examples=30",
+                   "task.max_eval_examples=16", f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'mr'}",
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = sorted(tmp_path.glob("mr/*/results.json"))
+    assert len(found) == 4
+    seeds = sorted((json.loads(p.read_text())["task"]["name"], json.loads(p.read_text())["seed"]) for p in found)
+    assert seeds == [("cb", 1), ("cb", 2), ("rte", 1), ("rte", 2)]
+
+
+@pytest.mark.slow
+def test_real_minilm_smoke(tmp_path, superglue):
+    results = run_cfg(tmp_path, "task=rte", f"data_dir={superglue}", "model=minilm", "method=kd",
+                      "task.max_train_examples=32", "task.max_eval_examples=16", "task.max_length=64")
+    assert results["model"]["teacher_layers"] == 6 and results["model"]["student_layers"] == 3
+    assert np.isfinite(results["agents"]["student"]["dev"]["accuracy"])
