@@ -1,0 +1,414 @@
+"""Meta-gradient of a quiz loss through k differentiable inner SGD steps of a student.
+
+This is the MetaDistil "pilot update" (METHOD.md, "Differentiable inner updates"): the student
+takes k SGD steps on an inner loss shaped by meta-parameters φ (a teacher or meta-teacher), the
+stepped student is scored on quiz batches, and the quiz loss is differentiated back into φ.
+The student itself is never modified; the caller applies the returned gradient to φ.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+__all__ = ["MetaGradientError", "MetaStepConfig", "meta_gradient"]
+
+Forward = Callable[..., Any]
+LossFn = Callable[[Forward, Any], torch.Tensor]
+ParamList = list[torch.Tensor]
+
+_BACKENDS = ("higher", "func")
+# Autograd errors raised when an op has no double backward (e.g. the fused SDPA kernels).
+_NO_DOUBLE_BACKWARD = re.compile(r"derivative for .* is not implemented|differentiate twice")
+
+
+class MetaGradientError(RuntimeError):
+    """The second-order meta-gradient cannot be built for this student (an op lacks a double backward)."""
+
+
+@dataclass
+class MetaStepConfig:
+    """How the pilot update is unrolled and differentiated."""
+
+    lr: float = 1e-2
+    steps: int = 1
+    first_order: bool = False
+    backend: str = "higher"
+    fd_epsilon: float = 1e-2
+
+
+def meta_gradient(
+    student: torch.nn.Module,
+    meta_params: Sequence[torch.Tensor],
+    inner_loss: LossFn,
+    outer_loss: LossFn,
+    inner_batches: Sequence[Any],
+    outer_batches: Sequence[Any],
+    cfg: MetaStepConfig,
+) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Gradient of the mean quiz loss after k inner SGD steps, with respect to ``meta_params``.
+
+    The student takes ``cfg.steps`` SGD steps θ_{t+1} = θ_t − η ∇_θ inner_loss(θ_t; φ) on
+    ``inner_batches`` (cycled), then ``outer_loss`` is averaged over ``outer_batches`` at θ_k and
+    differentiated w.r.t. φ = ``meta_params``. Only the student's parameters with
+    ``requires_grad`` are stepped. The loss callables receive ``forward`` (call it with the
+    student's keyword inputs; it runs the student at the current functional weights and returns
+    what the student returns) and one batch.
+
+    Second order (``first_order=False``): exact, through the unrolled graph, with the ``higher``
+    differentiable SGD or a ``torch.func.functional_call`` unroll (``cfg.backend``). It runs under
+    the MATH scaled-dot-product-attention kernel, the only SDPA kernel with a double backward.
+
+    First order (``first_order=True``, for memory): no second-order graph is ever built. With
+    g = ∇_θ outer(θ_k) and ε = fd_epsilon / ‖g‖, the mixed derivative is taken by central finite
+    differences (as in DARTS):
+
+        meta-gradient ≈ −η Σ_{t<k} [∇_φ inner(θ_t + ε g; φ) − ∇_φ inner(θ_t − ε g; φ)] / (2ε)
+
+    where θ_t come from plain SGD steps and the Jacobians dθ_{t+1}/dθ_t are taken as the identity
+    (the first-order MAML assumption). For k = 1 this approximates the exact meta-gradient up to
+    O(ε²); for k ≥ 2 it drops the θ-Hessian terms (I − η H_t) and so differs from second order
+    where those matter. The ± evaluations replay the RNG state of step t, so dropout masks match
+    the step actually taken.
+
+    The student's parameters, buffers and ``.grad`` are left untouched, and so is the ``.grad``
+    of ``meta_params``; the forwards run in the student's current train/eval mode. Returns the
+    gradients (shapes and devices of ``meta_params``, zeros where unused) and stats:
+    ``outer_loss``, ``inner_loss`` (mean) and ``inner_loss_<t>``, ``meta_grad_norm``, ``time_s``.
+    """
+    start = time.perf_counter()
+    metas = list(meta_params)
+    _check_args(student, metas, inner_batches, outer_batches, cfg)
+
+    if cfg.steps == 0 or cfg.lr == 0.0:
+        grads, stats = _trivial(student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg)
+    elif cfg.first_order:
+        grads, stats = _first_order(student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg)
+    else:
+        try:
+            with sdpa_kernel(SDPBackend.MATH):
+                if cfg.backend == "higher":
+                    grads, stats = _second_order_higher(
+                        student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg
+                    )
+                else:
+                    grads, stats = _second_order_func(
+                        student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg
+                    )
+        except RuntimeError as err:
+            if isinstance(err, MetaGradientError) or not _NO_DOUBLE_BACKWARD.search(str(err)):
+                raise
+            raise _no_double_backward(str(err).strip().splitlines()[0]) from err
+
+    stats["meta_grad_norm"] = _global_norm(grads)
+    stats["time_s"] = time.perf_counter() - start
+    return grads, stats
+
+
+def _no_double_backward(cause: str) -> MetaGradientError:
+    """One-line error naming the cause and both fixes."""
+    return MetaGradientError(
+        f"second-order meta-gradient impossible: an op of the student has no double backward ({cause}); "
+        f"load the model with attn_implementation=\"eager\" (attention kernels) or set method.first_order=true"
+    )
+
+
+def _check_graph_is_complete(stepped: Sequence[torch.Tensor]) -> None:
+    """Refuse a silently truncated unroll.
+
+    A backward marked ``@once_differentiable`` that runs with create_graph leaves an ``Error``
+    node fed by a detached leaf. ``autograd.grad(..., inputs=meta_params)`` prunes that branch
+    instead of raising, so the meta-gradient would quietly miss terms; we look for such nodes.
+    """
+    seen: set[Any] = set()
+    stack = [t.grad_fn for t in stepped if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.name().endswith(("::Error", "::DelayedError")):
+            raise _no_double_backward("a custom autograd.Function with a @once_differentiable backward")
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+
+
+def _check_args(
+    student: torch.nn.Module,
+    metas: ParamList,
+    inner_batches: Sequence[Any],
+    outer_batches: Sequence[Any],
+    cfg: MetaStepConfig,
+) -> None:
+    """Fail early with a readable message instead of deep inside autograd."""
+    if cfg.backend not in _BACKENDS:
+        raise ValueError(f"backend={cfg.backend!r} must be one of {_BACKENDS}")
+    if cfg.steps < 0:
+        raise ValueError(f"steps={cfg.steps} must be >= 0")
+    if cfg.first_order and not cfg.fd_epsilon > 0:
+        raise ValueError(f"fd_epsilon={cfg.fd_epsilon} must be > 0")
+    if not metas:
+        raise ValueError("meta_params is empty")
+    frozen = [i for i, p in enumerate(metas) if not p.requires_grad]
+    if frozen:
+        raise ValueError(f"meta_params {frozen} do not require grad: no meta-gradient can reach them")
+    if len(outer_batches) == 0:
+        raise ValueError("outer_batches is empty: the quiz loss needs at least one batch")
+    if cfg.steps > 0 and len(inner_batches) == 0:
+        raise ValueError(f"steps={cfg.steps} but inner_batches is empty")
+    if not any(p.requires_grad for p in student.parameters()):
+        raise ValueError("the student has no parameter with requires_grad: nothing to step")
+
+
+def _batch(batches: Sequence[Any], t: int) -> Any:
+    """Batch of inner step t; the sequence is cycled when shorter than k."""
+    return batches[t % len(batches)]
+
+
+def _global_norm(tensors: Sequence[torch.Tensor]) -> float:
+    """L2 norm over a list of tensors, as a Python float (no float64 copies of big tensors)."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t)) ** 2 for t in tensors))
+
+
+def _zeros(metas: ParamList) -> ParamList:
+    return [torch.zeros_like(p) for p in metas]
+
+
+def _to_list(grads: Sequence[Optional[torch.Tensor]], metas: ParamList) -> ParamList:
+    """Replace the None of unused meta-parameters by zeros."""
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, metas)]
+
+
+def _inner_stats(values: list[float]) -> dict[str, float]:
+    stats = {f"inner_loss_{t}": v for t, v in enumerate(values)}
+    stats["inner_loss"] = sum(values) / len(values) if values else float("nan")
+    return stats
+
+
+def _func_forward(student: torch.nn.Module, names: list[str], params: ParamList, buffers: dict[str, torch.Tensor]) -> Forward:
+    """The student as a function of ``params``; buffers are private copies so no state leaks back."""
+    tensors = dict(zip(names, params))
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return functional_call(student, (tensors, buffers), args, kwargs, tie_weights=True, strict=False)
+
+    return forward
+
+
+def _buffer_copies(student: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.detach().clone() for n, b in student.named_buffers()}
+
+
+def _trivial(
+    student: torch.nn.Module,
+    metas: ParamList,
+    inner_loss: LossFn,
+    outer_loss: LossFn,
+    inner_batches: Sequence[Any],
+    outer_batches: Sequence[Any],
+    cfg: MetaStepConfig,
+) -> tuple[ParamList, dict[str, float]]:
+    """k = 0 or η = 0: θ_k = θ_0 does not depend on φ, so the meta-gradient is exactly zero."""
+    names, params = zip(*student.named_parameters())
+    forward = _func_forward(student, list(names), [p.detach() for p in params], _buffer_copies(student))
+    with torch.no_grad():
+        inner = [float(inner_loss(forward, _batch(inner_batches, t))) for t in range(cfg.steps)]
+        outer = sum(float(outer_loss(forward, b)) for b in outer_batches) / len(outer_batches)
+    return _zeros(metas), {"outer_loss": outer, **_inner_stats(inner)}
+
+
+def _outer_grad(
+    outer_loss: LossFn,
+    forward: Forward,
+    outer_batches: Sequence[Any],
+    targets: ParamList,
+) -> tuple[list[Optional[torch.Tensor]], float]:
+    """Gradient of the mean quiz loss, one batch at a time so only one quiz graph is alive."""
+    total: list[Optional[torch.Tensor]] = [None] * len(targets)
+    value = 0.0
+    n = len(outer_batches)
+    for j, batch in enumerate(outer_batches):
+        loss = outer_loss(forward, batch) / n
+        value += float(loss.detach())
+        if not loss.requires_grad:
+            continue
+        grads = torch.autograd.grad(loss, targets, retain_graph=j < n - 1, allow_unused=True)
+        total = [g if acc is None else (acc if g is None else acc + g) for acc, g in zip(total, grads)]
+    return total, value
+
+
+def _second_order_func(
+    student: torch.nn.Module,
+    metas: ParamList,
+    inner_loss: LossFn,
+    outer_loss: LossFn,
+    inner_batches: Sequence[Any],
+    outer_batches: Sequence[Any],
+    cfg: MetaStepConfig,
+) -> tuple[ParamList, dict[str, float]]:
+    """Manual differentiable SGD over ``functional_call``: θ ← θ − η ∇_θ L with create_graph."""
+    names, reals = zip(*student.named_parameters())
+    buffers = _buffer_copies(student)
+    trainable = [i for i, p in enumerate(reals) if p.requires_grad]
+    theta: ParamList = [p.detach().requires_grad_(p.requires_grad) for p in reals]
+    inner_values: list[float] = []
+    for t in range(cfg.steps):
+        loss = inner_loss(_func_forward(student, list(names), theta, buffers), _batch(inner_batches, t))
+        inner_values.append(float(loss.detach()))
+        if not loss.requires_grad:
+            raise ValueError("inner_loss does not depend on the student's trainable parameters")
+        grads = torch.autograd.grad(loss, [theta[i] for i in trainable], create_graph=True, allow_unused=True)
+        theta = list(theta)
+        for i, g in zip(trainable, grads):
+            if g is not None:
+                theta[i] = torch.add(theta[i], g, alpha=-cfg.lr)
+    _check_graph_is_complete([theta[i] for i in trainable])
+    forward = _func_forward(student, list(names), theta, buffers)
+    grads_meta, outer_value = _outer_grad(outer_loss, forward, outer_batches, metas)
+    return _to_list(grads_meta, metas), {"outer_loss": outer_value, **_inner_stats(inner_values)}
+
+
+def _second_order_higher(
+    student: torch.nn.Module,
+    metas: ParamList,
+    inner_loss: LossFn,
+    outer_loss: LossFn,
+    inner_batches: Sequence[Any],
+    outer_batches: Sequence[Any],
+    cfg: MetaStepConfig,
+) -> tuple[ParamList, dict[str, float]]:
+    """The same unroll with ``higher``'s differentiable SGD (kept as the MetaDistil reference)."""
+    import higher
+
+    pilot = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
+    inner_values: list[float] = []
+    with higher.innerloop_ctx(student, pilot, copy_initial_weights=True, track_higher_grads=True) as (fmodel, diffopt):
+        for t in range(cfg.steps):
+            loss = inner_loss(fmodel, _batch(inner_batches, t))
+            inner_values.append(float(loss.detach()))
+            if not loss.requires_grad:
+                raise ValueError("inner_loss does not depend on the student's trainable parameters")
+            diffopt.step(loss)
+        _check_graph_is_complete(list(fmodel.parameters()))
+        grads_meta, outer_value = _outer_grad(outer_loss, fmodel, outer_batches, metas)
+    return _to_list(grads_meta, metas), {"outer_loss": outer_value, **_inner_stats(inner_values)}
+
+
+def _devices_of(params: ParamList) -> list[torch.device]:
+    return sorted({p.device for p in params if p.device.type == "cuda"}, key=str)
+
+
+def _rng_state(cuda_devices: list[torch.device]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda_devices]
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]], cuda_devices: list[torch.device]) -> None:
+    torch.set_rng_state(state[0])
+    for d, s in zip(cuda_devices, state[1]):
+        torch.cuda.set_rng_state(s, d)
+
+
+@contextmanager
+def _replay_rng(state: tuple[torch.Tensor, list[torch.Tensor]], cuda_devices: list[torch.device]) -> Iterator[None]:
+    """Run a block with a past RNG state and restore the present one afterwards."""
+    now = _rng_state(cuda_devices)
+    _set_rng_state(state, cuda_devices)
+    try:
+        yield
+    finally:
+        _set_rng_state(now, cuda_devices)
+
+
+def _first_order(
+    student: torch.nn.Module,
+    metas: ParamList,
+    inner_loss: LossFn,
+    outer_loss: LossFn,
+    inner_batches: Sequence[Any],
+    outer_batches: Sequence[Any],
+    cfg: MetaStepConfig,
+) -> tuple[ParamList, dict[str, float]]:
+    """Plain SGD unroll plus a finite-difference mixed derivative: no graph of a graph anywhere."""
+    names, reals = zip(*student.named_parameters())
+    reals = list(reals)
+    trainable = [i for i, p in enumerate(reals) if p.requires_grad]
+    make_forward = _first_order_forward_factory(student, list(names), reals, cfg.backend)
+    cuda_devices = _devices_of(reals)
+
+    theta: ParamList = [p.detach().requires_grad_(p.requires_grad) for p in reals]
+    trajectory: list[ParamList] = []
+    rng_states = []
+    inner_values: list[float] = []
+    for t in range(cfg.steps):
+        trajectory.append(theta)
+        rng_states.append(_rng_state(cuda_devices))
+        loss = inner_loss(make_forward(theta), _batch(inner_batches, t))
+        inner_values.append(float(loss.detach()))
+        if not loss.requires_grad:
+            raise ValueError("inner_loss does not depend on the student's trainable parameters")
+        grads = torch.autograd.grad(loss, [theta[i] for i in trainable], allow_unused=True)
+        theta = list(theta)
+        with torch.no_grad():
+            for i, g in zip(trainable, grads):
+                if g is not None:
+                    theta[i] = torch.add(theta[i], g, alpha=-cfg.lr).requires_grad_()
+        del grads, loss
+
+    g_theta, outer_value = _outer_grad(outer_loss, make_forward(theta), outer_batches, [theta[i] for i in trainable])
+    stats = {"outer_loss": outer_value, **_inner_stats(inner_values)}
+    direction = [torch.zeros_like(theta[i]) if g is None else g for i, g in zip(trainable, g_theta)]
+    norm = _global_norm(direction)
+    if norm == 0.0 or not math.isfinite(norm):
+        return _zeros(metas), stats
+    eps = cfg.fd_epsilon / norm
+    stats["fd_epsilon_abs"] = eps
+
+    total: list[Optional[torch.Tensor]] = [None] * len(metas)
+    for t, (point, state) in enumerate(zip(trajectory, rng_states)):
+        batch = _batch(inner_batches, t)
+        losses = []
+        for sign in (1.0, -1.0):
+            shifted = [p.detach() for p in point]
+            with torch.no_grad():
+                for i, d in zip(trainable, direction):
+                    shifted[i] = torch.add(shifted[i], d, alpha=sign * eps)
+            with _replay_rng(state, cuda_devices):
+                losses.append(inner_loss(make_forward(shifted), batch))
+        diff = losses[0] - losses[1]
+        if not diff.requires_grad:
+            continue
+        grads = torch.autograd.grad(diff, metas, allow_unused=True)
+        scale = -cfg.lr / (2.0 * eps)
+        total = [
+            acc if g is None else (g * scale if acc is None else acc + g * scale) for acc, g in zip(total, grads)
+        ]
+    return _to_list(total, metas), stats
+
+
+def _first_order_forward_factory(
+    student: torch.nn.Module, names: list[str], reals: ParamList, backend: str
+) -> Callable[[ParamList], Forward]:
+    """Map a parameter list (order of ``student.named_parameters()``) to a forward, per backend."""
+    if backend == "func":
+        buffers = _buffer_copies(student)
+        return lambda params: _func_forward(student, names, params, buffers)
+
+    import higher
+
+    fmodel = higher.monkeypatch(student, copy_initial_weights=True, track_higher_grads=False)
+    fmodel.update_params([p.detach() for p in reals])  # drop higher's private copy of every weight
+
+    def make(params: ParamList) -> Forward:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return fmodel(*args, params=params, **kwargs)
+
+        return forward
+
+    return make
