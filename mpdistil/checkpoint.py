@@ -66,3 +66,30 @@ class CacheEntry:
         tmp = self.folder / ".meta.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1, default=str))
         os.replace(tmp, self.folder / "meta.json")
+
+
+def teacher_cache_key(ctx: Any) -> dict[str, Any]:
+    c = ctx.cfg
+    return {
+        "teacher": ctx.sources.get("teacher"), "model": {k: c.model[k] for k in ("teacher", "config_overrides",
+                                                                                  "attn_implementation")},
+        "task": ctx.task.name, "train": split_fingerprint(ctx.splits["train"]),
+        "selection": split_fingerprint(ctx.splits[ctx.selection_split]), "seed": c.seed,
+        "epochs": c.method.teacher_epochs, "lr": c.method.teacher_lr, "batch": c.trainer.batch_size,
+        "precision": c.trainer.precision, "clip": c.trainer.grad_clip, "wd": c.trainer.weight_decay,
+        "dropout_off": c.method.authors_no_dropout,
+    }
+
+
+CURRICULUM_ONLY = ("curriculum", "curriculum_tasks", "reward", "episodes", "episode_length", "gamma", "policy_lr",
+                   "policy_state", "curriculum_lr", "authors_episode_update", "phases", "name")
+
+
+def student_cache_key(ctx: Any, group: str) -> dict[str, Any]:
+    """Everything that shapes a student trained by a distill/undistilled group (not the curriculum's switches),
+    so ablations over phase-4 settings reuse phases 1–3."""
+    c = ctx.cfg
+    method = {k: v for k, v in c.method.items() if k not in CURRICULUM_ONLY}
+    return {"teacher": teacher_cache_key(ctx), "group": group, "method": method,
+            "model": {k: c.model[k] for k in ("student", "student_layers", "config_overrides")},
+            "batch": c.trainer.batch_size, "cache_outputs": c.trainer.cache_teacher_outputs}

@@ -114,7 +114,8 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
-    cache_teacher_outputs: bool = True
+    cache_teacher_outputs: bool = True  # frozen-teacher outputs computed once per run, not every epoch
+    reuse_cache: bool = True  # reuse fine-tuned teachers / distilled students cached by earlier runs
     selection_split: str = "dev"  # dev | quiz
     save_student: bool = True
 

@@ -4,6 +4,7 @@ Read this file to follow a run; each phase lives in ``mpdistil/phases/``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mpdistil.checkpoint import CacheEntry, student_cache_key
 from mpdistil.config import ConfigError, validate
 from mpdistil.context import AuxTask, RunContext, TaskInfo
 from mpdistil.data.encode import EncodedSplit, encode_examples
@@ -175,22 +177,13 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     try:
         for group in groups:
             label = "+".join(group)
-            phases = [PHASES[name]() for name in group]
             with ctx.timed(label):
-                for phase in phases:
-                    phase.start(ctx)
-                for epoch in range(phases[0].epochs(ctx)):
-                    for phase in phases:
-                        row = phase.run_epoch(ctx, epoch)
-                        if row:
-                            logger.log(phase.name, epoch, row)
-                for phase in phases:
-                    ctx.records[phase.name] = phase.finish(ctx)
-                    row = ROW_OF_PHASE[phase.name]
-                    if phase.epochs(ctx) or row in ("teacher", "meta_teacher"):
-                        agents_out[row] = evaluate_row(ctx, row, row_agent(ctx, row), eval_splits)
-            if "teacher" in group:
-                _print(f"[mpdistil] {label}: {ctx.timings[label]:.1f}s")
+                produced = run_group(ctx, group)
+            _print(f"[mpdistil] {label}: {ctx.timings[label]:.1f}s")
+            with ctx.timed("evaluation"):
+                for name in produced:
+                    row = ROW_OF_PHASE[name]
+                    agents_out[row] = evaluate_row(ctx, row, row_agent(ctx, row), eval_splits)
     finally:
         timings.update(ctx.timings)
         timings["total"] = time.perf_counter() - start
@@ -217,6 +210,59 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     _print("\n" + format_table(results, [s for s in eval_splits if s != "quiz"][:2] or eval_splits[:1]))
     _print(f"\n[mpdistil] results: {out_dir / 'results.json'}")
     return results
+
+
+def _group_states(ctx: RunContext, group: list[str]) -> dict[str, torch.nn.Module]:
+    modules: dict[str, torch.nn.Module] = {}
+    for name in group:
+        if name == "distill":
+            modules["student"] = ctx.student
+        elif name == "undistilled":
+            modules["undistilled"] = ctx.agents["undistilled"]
+        elif name == "meta_teacher":
+            modules["meta_teacher"] = ctx.meta_teacher()
+    return modules
+
+
+def run_group(ctx: RunContext, group: list[str]) -> list[str]:
+    """Run phases in lockstep (``a+b``: b after every epoch of a); returns the phases that produced an agent.
+
+    Student groups are cached like the teacher: an ablation over curriculum switches reuses them.
+    """
+    phases = [PHASES[name]() for name in group]
+    entry = None
+    if not {"teacher", "curriculum"} & set(group):
+        entry = CacheEntry(ctx.cache_dir, "students", student_cache_key(ctx, "+".join(group)))
+    with entry.lock if entry else contextlib.nullcontext():
+        cached = entry.load() if entry and ctx.cfg.trainer.reuse_cache else None
+        if cached is not None:
+            for phase in phases:
+                phase.prepare(ctx)
+            state, records = cached
+            for key, module in _group_states(ctx, group).items():
+                module.load_state_dict(state[key])
+            if "meta_teacher" in group:
+                ctx.meta_teacher().trained = True
+            for name in group:
+                ctx.records[name] = {**records[name], "cached": True, "cache": str(entry.folder)}
+            return list(group)
+        for phase in phases:
+            phase.start(ctx)
+        for epoch in range(phases[0].epochs(ctx)):
+            for phase in phases:
+                row = phase.run_epoch(ctx, epoch)
+                if row:
+                    ctx.logger.log(phase.name, epoch, row)
+        produced = []
+        for phase in phases:
+            ctx.records[phase.name] = phase.finish(ctx)
+            if phase.epochs(ctx) or phase.name in ("teacher", "meta_teacher"):
+                produced.append(phase.name)
+        if entry is not None:
+            state = {k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
+                     for k, m in _group_states(ctx, group).items()}
+            entry.save(state, {name: ctx.records[name] for name in group})
+        return produced
 
 
 def row_agent(ctx: RunContext, row: str) -> Optional[torch.nn.Module]:

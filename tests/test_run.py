@@ -92,6 +92,17 @@ def test_mpdistil_run_over_two_real_tasks_has_every_key(tmp_path, superglue):
     assert results["phases"]["meta_teacher"]["meta_loss"] == "col"
 
 
+def test_curriculum_ablation_reuses_cached_phases(tmp_path, superglue):
+    common = ("task=cb", f"data_dir={superglue}", "model=tiny", "method=mpdistil", "method.curriculum_tasks=[]",
+              "method.episode_length=2")
+    first = run_cfg(tmp_path / "a", *common, cache_dir=tmp_path / "cache")
+    second = run_cfg(tmp_path / "b", *common, "method.reward=real", cache_dir=tmp_path / "cache")
+    assert all(second["phases"][p]["cached"] for p in ("teacher", "undistilled", "distill", "meta_teacher"))
+    assert second["agents"]["student"]["dev"] == first["agents"]["student"]["dev"]
+    assert second["phases"]["curriculum"]["reward"] == "real"
+    assert second["phases"]["curriculum"]["tasks"] == ["cb"]
+
+
 def test_selection_on_quiz_is_recorded(tmp_path, superglue):
     results = run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=undistilled",
                       "trainer.selection_split=quiz")

@@ -26,6 +26,9 @@ class Phase:
     def epochs(self, ctx: Any) -> int:
         return 1
 
+    def prepare(self, ctx: Any) -> None:
+        """Create the agents this phase trains (also when their trained state comes from a cache)."""
+
     def start(self, ctx: Any) -> None:
         """Build optimizers, load caches."""
 

@@ -30,6 +30,9 @@ class DistillPhase(Phase):
     def epochs(self, ctx: Any) -> int:
         return ctx.cfg.method.student_epochs
 
+    def prepare(self, ctx: Any) -> None:
+        self.agent(ctx)
+
     def start(self, ctx: Any) -> None:
         m = ctx.cfg.method
         self.alpha, self.beta = (m.alpha, m.beta) if self.distilled else (0.0, 0.0)

@@ -22,6 +22,9 @@ class MetaTeacherPhase(Phase):
     def epochs(self, ctx: Any) -> int:
         return ctx.cfg.method.student_epochs
 
+    def prepare(self, ctx: Any) -> None:
+        ctx.meta_teacher()
+
     def start(self, ctx: Any) -> None:
         self.mt = ctx.meta_teacher()
         self.opt = ctx.rt.optimizer(self.mt.parameters(), ctx.cfg.method.meta_lr)

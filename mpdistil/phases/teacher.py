@@ -9,24 +9,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from mpdistil.checkpoint import CacheEntry, split_fingerprint
+from mpdistil.checkpoint import CacheEntry, teacher_cache_key
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import hard_loss
 from mpdistil.phases import Phase, register_phase
 from mpdistil.training import BestKeeper
-
-
-def teacher_cache_key(ctx: Any) -> dict[str, Any]:
-    c = ctx.cfg
-    return {
-        "teacher": ctx.sources.get("teacher"), "model": {k: c.model[k] for k in ("teacher", "config_overrides",
-                                                                                  "attn_implementation")},
-        "task": ctx.task.name, "train": split_fingerprint(ctx.splits["train"]),
-        "selection": split_fingerprint(ctx.splits[ctx.selection_split]), "seed": c.seed,
-        "epochs": c.method.teacher_epochs, "lr": c.method.teacher_lr, "batch": c.trainer.batch_size,
-        "precision": c.trainer.precision, "clip": c.trainer.grad_clip, "wd": c.trainer.weight_decay,
-        "dropout_off": c.method.authors_no_dropout,
-    }
 
 
 @register_phase("teacher")
@@ -34,7 +21,7 @@ class TeacherPhase(Phase):
     def start(self, ctx: Any) -> None:
         self.entry = CacheEntry(ctx.cache_dir, "teachers", teacher_cache_key(ctx))
         self.entry.lock.acquire()  # concurrent jobs wanting the same teacher wait here, then reuse it
-        cached = self.entry.load()
+        cached = self.entry.load() if ctx.cfg.trainer.reuse_cache else None
         self.cached_record = None
         if cached is not None:
             state, record = cached
