@@ -30,7 +30,7 @@ from mpdistil.phases import PHASES
 from mpdistil.results import format_table, peak_memory, write_json
 from mpdistil.training import Runtime, resolve_device
 
-ROW_OF_PHASE = {"teacher": "teacher", "undistilled": "undistilled", "distill": "student",
+ROW_OF_PHASE = {"teacher": "teacher", "undistilled": "undistilled", "distill": "student", "metadistil": "student",
                 "meta_teacher": "meta_teacher", "curriculum": "mpdistil"}
 
 
@@ -215,8 +215,10 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
 def _group_states(ctx: RunContext, group: list[str]) -> dict[str, torch.nn.Module]:
     modules: dict[str, torch.nn.Module] = {}
     for name in group:
-        if name == "distill":
+        if name in ("distill", "metadistil"):
             modules["student"] = ctx.student
+            if name == "metadistil":
+                modules["metadistil_teacher"] = ctx.agents["metadistil_teacher"]
         elif name == "undistilled":
             modules["undistilled"] = ctx.agents["undistilled"]
         elif name == "meta_teacher":

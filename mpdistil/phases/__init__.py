@@ -41,7 +41,7 @@ class Phase:
 
 
 def _load_all() -> None:
-    from mpdistil.phases import curriculum, distill, meta_teacher, teacher  # noqa: F401
+    from mpdistil.phases import curriculum, distill, meta_teacher, metadistil, teacher  # noqa: F401
 
 
 _load_all()

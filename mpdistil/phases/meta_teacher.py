@@ -3,7 +3,10 @@ distillation epoch (run it as ``distill+meta_teacher``).
 
 T' reads the frozen teacher's representation h_T (cached) and the current student's h_S
 (recomputed once per pass, no gradient into either encoder) and is trained on the
-collaborative or competitive loss. The best T' on the selection split is kept.
+collaborative or competitive loss (``method.meta_objective=direct``), by the quiz loss of a
+student after a differentiable pilot step on T''s soft targets (``pilot``), or by
+(1 − λ)·direct + λ·pilot (``mixed``, λ = ``method.meta_lambda``). The best T' on the selection
+split is kept.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mpdistil.losses import META_LOSSES
 from mpdistil.phases import Phase, register_phase
+from mpdistil.pilot import apply_gradient, pilot_gradient
 from mpdistil.training import BestKeeper, predict
 
 
@@ -35,34 +39,65 @@ class MetaTeacherPhase(Phase):
         out = predict(ctx.student, ctx.splits["quiz"], ctx.rt, with_pooled=True)
         return out["pooled"] if ctx.cfg.method.meta_input == "pooled" else out["cls"]
 
+    def _train_batches(self, ctx: Any, epoch: int):
+        """Endless train' batches for the pilot steps (their soft targets come from T')."""
+        sweep = 0
+        while True:
+            yield from ctx.rt.batches(ctx.splits["train"], ctx.cfg.trainer.batch_size, shuffle=True,
+                                      generator=ctx.generator(6, epoch, sweep))
+            sweep += 1
+
     def run_epoch(self, ctx: Any, epoch: int) -> dict[str, float]:
         m, rt = ctx.cfg.method, ctx.rt
-        if m.meta_loss == "none":
+        if m.meta_loss == "none" and m.meta_objective == "direct":
             return {}
         split = ctx.splits["quiz"]
         h_t = ctx.representation(ctx.teacher_cache("quiz"))
         h_s = self.student_representation(ctx)
-        loss_fn = META_LOSSES[m.meta_loss]
+        h_train = ctx.representation(ctx.teacher_cache("train")) if m.meta_objective != "direct" else None
+        params = [p for p in self.mt.parameters() if p.requires_grad]
+        weight_direct = {"direct": 1.0, "pilot": 0.0, "mixed": 1.0 - m.meta_lambda}[m.meta_objective]
+        train_iter = self._train_batches(ctx, epoch) if h_train is not None else None
+        quiz_batches = list(rt.batches(split, ctx.cfg.trainer.batch_size, shuffle=True,
+                                       generator=ctx.generator(4, epoch)))
         self.mt.train()
-        total, n = 0.0, 0
-        batches = rt.batches(split, ctx.cfg.trainer.batch_size, shuffle=True, generator=ctx.generator(4, epoch))
-        for batch in tqdm(batches, desc=f"meta-teacher {epoch + 1}", disable=not rt.progress, leave=False):
-            idx = batch["index"].cpu()
-            ht = h_t[idx].view(-1, h_t.shape[-1]).to(rt.device)
-            hs = h_s[idx].view(-1, h_s.shape[-1]).to(rt.device)
-            with rt.autocast():
-                loss = loss_fn(self.mt(ht, "teacher", split.num_choices), self.mt(hs, "student", split.num_choices),
-                               batch["labels"], ctx.task.kind)
-            rt.step(loss, self.opt, "meta-teacher")
-            total, n = total + float(loss.detach()), n + 1
+        sums: dict[str, float] = {}
+        for b, batch in enumerate(tqdm(quiz_batches, desc=f"meta-teacher {epoch + 1}", disable=not rt.progress,
+                                       leave=False)):
+            grads = [torch.zeros_like(p) for p in params]
+            if weight_direct > 0 and m.meta_loss != "none":
+                idx = batch["index"].cpu()
+                ht = h_t[idx].view(-1, h_t.shape[-1]).to(rt.device)
+                hs = h_s[idx].view(-1, h_s.shape[-1]).to(rt.device)
+                with rt.autocast():
+                    loss = META_LOSSES[m.meta_loss](self.mt(ht, "teacher", split.num_choices),
+                                                    self.mt(hs, "student", split.num_choices),
+                                                    batch["labels"], ctx.task.kind)
+                direct = torch.autograd.grad(loss, params, allow_unused=True)
+                grads = [g + weight_direct * (d if d is not None else 0) for g, d in zip(grads, direct)]
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            if weight_direct < 1:
+                quiz = [batch] + [quiz_batches[(b + j) % len(quiz_batches)] for j in range(1, m.quiz_batches_per_step)]
+                inner = [next(train_iter) for _ in range(m.unroll_steps)]
+                choices = ctx.splits["train"].num_choices
+
+                def soft(inner_batch: dict) -> torch.Tensor:
+                    h = h_train[inner_batch["index"].cpu()]
+                    return self.mt(h.view(-1, h.shape[-1]).to(rt.device), "teacher", choices)
+
+                pilot, stats = pilot_gradient(ctx, params, soft, inner, quiz)
+                grads = [g + (1 - weight_direct) * p for g, p in zip(grads, pilot)]
+                sums["pilot_quiz_loss"] = sums.get("pilot_quiz_loss", 0.0) + stats["outer_loss"]
+            apply_gradient(params, grads, self.opt, rt.grad_clip, "meta-teacher")
         self.mt.trained = True
         metrics = ctx.metrics_from_logits(ctx.meta_teacher_logits(ctx.selection_split), ctx.selection_split)
         self.best.offer(self.mt, ctx.score(metrics), epoch, metrics)
-        row = {"loss": total / max(n, 1), **{f"sel_{k}": v for k, v in metrics.items()}}
+        row = {**{k: v / max(len(quiz_batches), 1) for k, v in sums.items()},
+               **{f"sel_{k}": v for k, v in metrics.items()}}
         self.history.append(row)
         return row
 
     def finish(self, ctx: Any) -> dict[str, Any]:
         self.best.restore(self.mt)
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
-                "meta_loss": ctx.cfg.method.meta_loss}
+                "meta_loss": ctx.cfg.method.meta_loss, "meta_objective": ctx.cfg.method.meta_objective}

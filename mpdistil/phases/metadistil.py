@@ -1,0 +1,91 @@
+"""The MetaDistil baseline (Zhou et al., ACL 2022): the teacher learns to teach by meta-gradients.
+
+For every train' batch: (1) a differentiable copy of the student takes a plain SGD pilot step on
+the distillation loss with the teacher's soft targets, keeping the teacher's graph; (2) the quiz
+loss of the stepped student is back-propagated into every teacher parameter (second order);
+(3) the teacher takes a step; (4) the student takes its real step with the updated teacher's
+soft targets. The phase-1 teacher stays untouched for the table's teacher row and fidelity;
+the meta-trained copy lives in ``ctx.agents["metadistil_teacher"]``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from mpdistil.data.encode import model_inputs
+from mpdistil.losses import distillation_loss
+from mpdistil.phases import Phase, register_phase
+from mpdistil.pilot import apply_gradient, pilot_gradient
+from mpdistil.training import BestKeeper
+
+
+@register_phase("metadistil")
+class MetaDistilPhase(Phase):
+    def epochs(self, ctx: Any) -> int:
+        return ctx.cfg.method.student_epochs
+
+    def prepare(self, ctx: Any) -> None:
+        if "metadistil_teacher" not in ctx.agents:
+            ctx.agents["metadistil_teacher"] = copy.deepcopy(ctx.teacher)
+
+    def start(self, ctx: Any) -> None:
+        self.prepare(ctx)
+        m, rt = ctx.cfg.method, ctx.rt
+        self.teacher = ctx.agents["metadistil_teacher"]
+        self.params = [p for p in self.teacher.parameters() if p.requires_grad]
+        self.opt_teacher = rt.optimizer(self.params, m.teacher_lr)
+        self.opt_student = rt.optimizer(ctx.student.parameters(), m.student_lr)
+        self.best = BestKeeper("metadistil")
+        self.history: list[dict[str, float]] = []
+
+    def _endless(self, ctx: Any, split: str, *salt: int) -> Iterator[dict[str, Any]]:
+        sweep = 0
+        while True:
+            yield from ctx.rt.batches(ctx.splits[split], ctx.cfg.trainer.batch_size, shuffle=True,
+                                      generator=ctx.generator(*salt, sweep))
+            sweep += 1
+
+    def _soft(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.teacher(**model_inputs(batch)).logits
+
+    def run_epoch(self, ctx: Any, epoch: int) -> dict[str, float]:
+        m, rt, student, kind = ctx.cfg.method, ctx.rt, ctx.student, ctx.task.kind
+        student.train(not m.authors_no_dropout)
+        self.teacher.eval()
+        quiz = self._endless(ctx, "quiz", 7, epoch)
+        extra = self._endless(ctx, "train", 8, epoch)
+        sums: dict[str, float] = {}
+        n = 0
+        batches = rt.batches(ctx.splits["train"], ctx.cfg.trainer.batch_size, shuffle=True,
+                             generator=ctx.generator(2, epoch))
+        for batch in tqdm(batches, desc=f"metadistil {epoch + 1}", disable=not rt.progress, leave=False):
+            inner = [batch] + [next(extra) for _ in range(m.unroll_steps - 1)]
+            quiz_batches = [next(quiz) for _ in range(m.quiz_batches_per_step)]
+            grads, stats = pilot_gradient(ctx, self.params, self._soft, inner, quiz_batches)
+            apply_gradient(self.params, grads, self.opt_teacher, rt.grad_clip, "teacher (MetaDistil)")
+            with torch.no_grad(), rt.autocast():
+                soft = self._soft(batch)
+            with rt.autocast():
+                out = student(**model_inputs(batch))
+                loss, parts = distillation_loss(out.logits, soft, batch["labels"], kind, m.alpha, m.temperature,
+                                                m.soft_loss)
+            rt.step(loss, self.opt_student, "student (MetaDistil)")
+            for k, v in {"loss": float(loss.detach()), "quiz_loss": stats["outer_loss"], **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        metrics = ctx.evaluate(student, ctx.selection_split)
+        self.best.offer(student, ctx.score(metrics), epoch, metrics)
+        teacher_metrics = ctx.evaluate(self.teacher, ctx.selection_split)
+        row = {**{k: v / max(n, 1) for k, v in sums.items()}, **{f"sel_{k}": v for k, v in metrics.items()},
+               **{f"teacher_sel_{k}": v for k, v in teacher_metrics.items()}}
+        self.history.append(row)
+        return row
+
+    def finish(self, ctx: Any) -> dict[str, Any]:
+        self.best.restore(ctx.student)
+        return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
+                "pilot_lr": ctx.cfg.method.pilot_lr, "unroll_steps": ctx.cfg.method.unroll_steps,
+                "first_order": ctx.cfg.method.first_order, "backend": ctx.cfg.method.meta_backend}
