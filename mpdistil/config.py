@@ -7,7 +7,9 @@ with one line naming the problem and the fix.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -118,6 +120,7 @@ class TrainerConfig:
     reuse_cache: bool = True  # reuse fine-tuned teachers / distilled students cached by earlier runs
     selection_split: str = "dev"  # dev | quiz
     save_student: bool = True
+    save_teacher: bool = False  # also write the fine-tuned teacher as an HF folder (for mpdistil.evaluate)
 
 
 @dataclass
@@ -152,6 +155,12 @@ class Config:
     cache_dir: Optional[str] = None  # default: $MPDISTIL_CACHE or ~/.cache/mpdistil
     resume: bool = False
     experiment_name: Optional[str] = None
+
+
+def cache_root(explicit: Optional[str] = None) -> Path:
+    """Where teachers, students, tokenised data and downloads are cached between runs."""
+    root = explicit or os.environ.get("MPDISTIL_CACHE") or Path.home() / ".cache" / "mpdistil"
+    return Path(root).expanduser().resolve()
 
 
 def register_configs() -> None:
