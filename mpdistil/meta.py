@@ -403,11 +403,15 @@ def _first_order_forward_factory(
     import higher
 
     fmodel = higher.monkeypatch(student, copy_initial_weights=True, track_higher_grads=False)
-    fmodel.update_params([p.detach() for p in reals])  # drop higher's private copy of every weight
+    base = [p.detach() for p in reals]
+    fmodel.update_params(base)  # drop higher's private copy of every weight
 
     def make(params: ParamList) -> Forward:
         def forward(*args: Any, **kwargs: Any) -> Any:
-            return fmodel(*args, params=params, **kwargs)
+            try:
+                return fmodel(*args, params=params, **kwargs)
+            finally:
+                fmodel.fast_params = base  # do not keep a shifted copy of the weights alive
 
         return forward
 
