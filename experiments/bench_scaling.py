@@ -1,0 +1,105 @@
+"""How cost grows: wall time against training-set size and against the number of curriculum tasks.
+
+Sizes: CB (250), RTE (2,490) and a 10k-example SST-2 subset, one teacher epoch, one distillation
+epoch with its meta-teacher pass, a few curriculum episodes. Tasks: CB as the main task with 0 to 4
+other SuperGLUE tasks as curriculum actions, fixed episodes. Each point is a fresh run (nothing
+cached). Writes a JSON and a two-panel plot with a least-squares line per panel.
+
+    python experiments/bench_scaling.py --data-dir ../shared/data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["model=minilm", "method=mpdistil", "experiment=null", "logger=none", "trainer.progress=false",
+          "trainer.reuse_cache=false", "eval.attribution=none", "eval.write_test_predictions=false",
+          "method.phases=[teacher,distill+meta_teacher,curriculum]", "method.teacher_epochs=1",
+          "method.student_epochs=1", "trainer.batch_size=8", "task.max_length=128"]
+
+
+def timed_run(overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, str(REPO / "main.py"), *COMMON, *overrides, f"hydra.run.dir={out}",
+               f"cache_dir={Path(tmp) / 'cache'}"]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            raise SystemExit(f"run failed: {' '.join(overrides)}\n{proc.stderr[-3000:]}")
+        wall = time.perf_counter() - start
+        results = json.loads((out / "results.json").read_text())
+    return {"wall_s": round(wall, 1), "phases_s": {k: round(v, 1) for k, v in results["time"].items()},
+            "train_examples": results["task"]["sizes"]["train"] + results["task"]["sizes"]["quiz"]}
+
+
+def fit(xs: list[float], ys: list[float]) -> dict:
+    slope, intercept = np.polyfit(xs, ys, 1)
+    pred = np.polyval([slope, intercept], xs)
+    ss_res, ss_tot = float(((np.array(ys) - pred) ** 2).sum()), float(((np.array(ys) - np.mean(ys)) ** 2).sum())
+    return {"slope": float(slope), "intercept": float(intercept), "r2": 1 - ss_res / ss_tot if ss_tot else 1.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", required=True, help="folder holding glue/ and superglue/ in the official layout")
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "bench_scaling.json"))
+    args = ap.parse_args()
+    root = Path(args.data_dir).resolve()
+    size_runs = {
+        "cb": ["task=cb", f"data_dir={root / 'superglue'}"],
+        "rte": ["task=rte", f"data_dir={root / 'superglue'}"],
+        "sst2_10k": ["task=sst2", f"data_dir={root / 'glue'}", "task.max_train_examples=10000"],
+    }
+    report: dict = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "size": {}, "tasks": {}}
+    for name, ov in size_runs.items():
+        r = timed_run([*ov, f"method.episodes={args.episodes}", "method.curriculum_tasks=[]"])
+        report["size"][name] = r
+        print(f"size {name}: {r}", flush=True)
+    others = ["rte", "copa", "wic", "wsc"]
+    for k in range(len(others) + 1):
+        tasks = "[" + ",".join(others[:k]) + "]"
+        r = timed_run(["task=cb", f"data_dir={root / 'superglue'}", f"method.episodes={args.episodes}",
+                       f"method.curriculum_tasks={tasks}"])
+        report["tasks"][k + 1] = r
+        print(f"{k + 1} curriculum tasks: {r}", flush=True)
+    xs = [r["train_examples"] for r in report["size"].values()]
+    ys = [r["wall_s"] for r in report["size"].values()]
+    report["size_fit"] = fit(xs, ys)
+    tx = [float(k) for k in report["tasks"]]
+    ty = [r["phases_s"].get("curriculum", 0.0) for r in report["tasks"].values()]
+    report["tasks_fit"] = fit(tx, ty)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    a.plot(xs, ys, "o")
+    a.plot(xs, np.polyval([report["size_fit"]["slope"], report["size_fit"]["intercept"]], xs), "--")
+    a.set_xlabel("training examples (train' + quiz)")
+    a.set_ylabel("wall time of the run (s)")
+    b.plot(tx, ty, "o")
+    b.plot(tx, np.polyval([report["tasks_fit"]["slope"], report["tasks_fit"]["intercept"]], tx), "--")
+    b.set_xlabel("curriculum tasks (actions)")
+    b.set_ylabel("curriculum phase (s)")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    print(json.dumps({"size_fit": report["size_fit"], "tasks_fit": report["tasks_fit"]}, indent=1))
+    print(f"written: {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
