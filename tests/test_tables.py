@@ -1,0 +1,435 @@
+"""Table presets, launcher/sweeper configs, and experiments/tables.py (run + render) on synthetic runs."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mpdistil.config import register_configs, validate
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+TABLES_PY = REPO / "experiments" / "tables.py"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATA = SHARED / "data"
+METHOD_MD = SHARED / "docs" / "METHOD.md"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
+
+
+def load_tables() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mpdistil_tables", TABLES_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+tables = load_tables()
+import paper_tables  # noqa: E402  (put on the path by tables.py)
+
+
+def make_cfg(*overrides: str) -> Any:
+    register_configs()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def tables_py(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TABLES_PY), *args], capture_output=True, text=True, cwd=REPO,
+                          env=ENV, timeout=timeout)
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+PAPER_TABLES = {"table1a": "bert_base", "table1b": "deberta_xxl", "table4": "bert_base"}
+
+
+@pytest.mark.parametrize("method", ["pkd", "mpdistil", "kd", "undistilled"])
+@pytest.mark.parametrize("experiment", [*PAPER_TABLES, "cpu_repro", "ablation_authors_code"])
+def test_table_presets_compose_and_validate(experiment: str, method: str) -> None:
+    cfg = make_cfg(f"experiment={experiment}", f"method={method}")
+    validate(cfg)
+    m = cfg.method
+    assert cfg.model.name == PAPER_TABLES.get(experiment, "minilm")
+    assert (m.teacher_lr, m.student_lr, m.meta_lr) == (2e-5, 3e-5, 1e-3)
+    assert (m.alpha, m.temperature, m.gamma) == (0.5, 5.0, 0.99)
+    assert (cfg.trainer.batch_size, cfg.task.max_length, cfg.trainer.selection_split) == (8, 128, "dev")
+    assert m.beta == {"pkd": 100.0, "mpdistil": 100.0, "kd": 0.0}.get(method, m.beta)
+    if experiment in PAPER_TABLES:
+        assert (m.teacher_epochs, m.student_epochs, m.episodes) == (10, 10, 200)
+        assert cfg.task.max_train_examples is None and cfg.task.max_eval_examples is None
+    else:
+        assert cfg.model.student_layers == 3 and cfg.task.max_train_examples == 2000
+
+
+def test_paper_curriculum_actions() -> None:
+    assert list(make_cfg("experiment=table1a").method.curriculum_tasks) == ["boolq", "cb", "copa", "rte", "wic", "wsc"]
+    assert "glue_rte" in make_cfg("experiment=table4").method.curriculum_tasks
+
+
+def test_authors_code_preset_equals_the_ablation_setting() -> None:
+    preset = make_cfg("experiment=ablation_authors_code", "method=mpdistil")
+    by_overrides = make_cfg("experiment=cpu_repro", "method=mpdistil", *tables.ABLATIONS["authors_code"].overrides)
+    assert OmegaConf.to_container(preset) == OmegaConf.to_container(by_overrides)
+
+
+@pytest.mark.parametrize("setting", list(tables.ABLATIONS))
+def test_every_ablation_setting_composes(setting: str) -> None:
+    ablation = tables.ABLATIONS[setting]
+    cfg = make_cfg("experiment=cpu_repro", f"method={ablation.method}", *ablation.overrides)
+    validate(cfg)
+
+
+# ------------------------------------------------------------------------------------ launchers/sweepers
+
+RAY_REASON = ("hydra-ray-launcher 1.2.2 pins cloudpickle<3 while joblib>=1.5 (scikit-learn) needs cloudpickle>=3; "
+              "install it in its own environment (requirements-sweeps.txt)")
+PLUGINS = {
+    "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher is not installed",
+                              "JoblibLauncher", "config:JobLibLauncherConf"),
+    "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher",
+                                      "hydra-submitit-launcher is not installed", "SlurmLauncher",
+                                      "config:SlurmQueueConf"),
+    "hydra/launcher=ray": ("hydra_plugins.hydra_ray_launcher", RAY_REASON, "RayLauncher", "_config:RayLauncherConf"),
+    "hydra/sweeper=optuna_search": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper is not installed",
+                                    "OptunaSweeper", "config:OptunaSweeperConf"),
+}
+
+
+def plugin_or_skip(choice: str) -> str:
+    module, reason, _, _ = PLUGINS[choice]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        pytest.skip(reason)
+    return module
+
+
+def main_py(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True, cwd=REPO,
+                          env=ENV, timeout=timeout)
+
+
+@pytest.mark.parametrize("choice", list(PLUGINS))
+def test_launcher_and_sweeper_configs_compose(choice: str) -> None:
+    plugin_or_skip(choice)
+    out = main_py(choice, "--cfg", "all")  # the job config and the hydra config, in one start-up
+    assert out.returncode == 0, out.stderr
+    node = yaml.safe_load(out.stdout)
+    assert {"task", "model", "method", "trainer", "hydra"} <= set(node)
+    group = "launcher" if "launcher" in choice else "sweeper"
+    assert node["hydra"][group]["_target_"].endswith(PLUGINS[choice][2])
+
+
+@pytest.mark.parametrize("choice", list(PLUGINS))
+def test_our_configs_set_every_plugin_field(choice: str) -> None:
+    """Complete files keep working when Hydra stops merging same-named plugin schemas."""
+    import dataclasses
+
+    module = plugin_or_skip(choice)
+    sub, cls = PLUGINS[choice][3].split(":")
+    schema = getattr(importlib.import_module(f"{module}.{sub}"), cls)
+    group, name = choice.split("=")
+    ours = yaml.safe_load((CONF / f"{group}/{name}.yaml").read_text())
+    fields = {f.name for f in dataclasses.fields(schema)} - {"defaults"}
+    if name == "optuna_search":  # extends the plugin's schema by its defaults list: only what it changes
+        assert {"direction", "params", "n_trials", "sampler"} <= set(ours) and ours["defaults"][0] == "optuna"
+        assert set(ours["params"]) == {"method.alpha", "method.beta", "method.temperature", "method.student_lr",
+                                       "method.meta_lr", "method.episodes"}
+    else:
+        assert fields <= set(ours), sorted(fields - set(ours))
+
+
+TOY_APP = '''
+import math
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="conf", config_name="toy", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    m = cfg.method
+    return -(m.alpha - 0.3) ** 2 - (math.log10(m.beta) - 2) ** 2 + 0.01 * m.episodes
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def toy_app(tmp_path: Path) -> Path:
+    """A stand-in for main.py with the method fields the search space names, and our conf on its search path."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "toy.yaml").write_text(yaml.safe_dump({
+        "method": {"alpha": 0.5, "beta": 100.0, "temperature": 5.0, "student_lr": 3e-5, "meta_lr": 1e-3,
+                   "episodes": 200},
+        "hydra": {"searchpath": [f"file://{CONF}"]},
+    }))
+    (tmp_path / "app.py").write_text(TOY_APP)
+    return tmp_path / "app.py"
+
+
+def test_joblib_launcher_runs_a_toy_sweep(tmp_path: Path) -> None:
+    plugin_or_skip("hydra/launcher=joblib")
+    app = toy_app(tmp_path)
+    out = subprocess.run([sys.executable, str(app), "-m", "hydra/launcher=joblib", "method.alpha=0.1,0.9",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, cwd=tmp_path,
+                         env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Joblib.Parallel(n_jobs=2" in out.stdout + out.stderr
+    assert len(list((tmp_path / "sweep").glob("*/.hydra"))) == 2
+
+
+def test_optuna_search_space_runs_on_a_toy_objective(tmp_path: Path) -> None:
+    plugin_or_skip("hydra/sweeper=optuna_search")
+    app = toy_app(tmp_path)
+    out = subprocess.run([sys.executable, str(app), "-m", "hydra/sweeper=optuna_search", "hydra.sweeper.n_trials=4",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, cwd=tmp_path,
+                         env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"method.alpha", "method.beta", "method.temperature", "method.student_lr",
+                                        "method.meta_lr", "method.episodes"}
+    assert 0.1 <= best["best_params"]["method.alpha"] <= 0.9
+    assert best["best_params"]["method.episodes"] in (50, 100, 200)
+    assert "Directions: ['maximize']" in out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------------------- paper data
+
+
+def test_paper_tables_match_method_md() -> None:
+    """The transcription, cell by cell, against the tables in METHOD.md."""
+    if not METHOD_MD.is_file():
+        pytest.skip(f"{METHOD_MD} not found")
+    lines = METHOD_MD.read_text().splitlines()
+    captions = {"1a": "(Table 1a)", "1b": "(Table 1b)", "4": "(Table 4"}
+    for key, caption in captions.items():
+        start = next(i for i, ln in enumerate(lines) if caption in ln)
+        rows: dict[str, list[tuple[float, ...]]] = {}
+        for ln in lines[start + 1:]:
+            if ln.startswith("|"):
+                cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+                if cells[0] not in ("row", "---"):
+                    rows[cells[0].replace("KD/PKD", "KD")] = [tuple(float(x) for x in c.split("/")) for c in cells[1:]]
+            elif rows:
+                break
+        columns = paper_tables.GLUE_COLUMNS if key == "4" else paper_tables.SUPERGLUE_COLUMNS
+        assert set(rows) == set(paper_tables.ROW_TITLES.values()), key
+        for row in paper_tables.ROWS:
+            ours = [paper_tables.PAPER[key][row][c.task] for c in columns]
+            assert ours == rows[paper_tables.ROW_TITLES[row]], (key, row)
+
+
+# ------------------------------------------------------------------------------------ synthetic run dirs
+
+
+def write_run(folder: Path, *, task: str, method: str, seed: int, agents: dict[str, dict[str, dict[str, float]]],
+              meta_loss: str = "col", reward: str = "binary", experiment_name: Optional[str] = "table1a",
+              curriculum: bool = True, main_metric: str = "accuracy") -> None:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({
+        "task": {"name": task, "kind": "classification", "metrics": ["accuracy"], "main_metric": main_metric},
+        "method": {"name": method, "phases": []}, "selection_split": "dev", "seed": seed, "agents": agents}))
+    (folder / "config.json").write_text(json.dumps({
+        "seed": seed, "experiment_name": experiment_name, "task": {"name": task},
+        "method": {"name": method, "meta_loss": meta_loss, "reward": reward, "curriculum": curriculum}}))
+
+
+def acc(v: float) -> dict[str, dict[str, float]]:
+    return {"dev": {"accuracy": v}}
+
+
+@pytest.fixture()
+def table_runs(tmp_path: Path) -> Path:
+    """CB over seeds 1-3: every run but MPDistil com + real; col + real lacks seed 3."""
+    root = tmp_path / "runs"
+    teacher, student = [0.80, 0.82, 0.84], [0.83, 0.85, 0.87]
+    for i, seed in enumerate((1, 2, 3)):
+        write_run(root / "kd" / f"cb/seed{seed}/pkd", task="cb", method="pkd", seed=seed,
+                  agents={"teacher": acc(teacher[i]), "undistilled": acc(0.70 + 0.01 * i), "student": acc(student[i])})
+        for loss, reward in (("col", "binary"), ("com", "binary"), ("col", "real")):
+            if (loss, reward, seed) == ("col", "real", 3):
+                continue
+            base = 0.75 if reward == "binary" else 0.60
+            write_run(root / "mpdistil" / f"cb/seed{seed}/{loss}_{reward}", task="cb", method="mpdistil", seed=seed,
+                      meta_loss=loss, reward=reward,
+                      agents={"teacher": acc(0.5), "undistilled": acc(0.5), "student": acc(base + 0.01 * i),
+                              "meta_teacher": acc(0.90 if loss == "col" else 0.88),
+                              "mpdistil": acc((0.86 if reward == "binary" else 0.65) + 0.02 * i)})
+    write_run(root / "other" / "x", task="cb", method="pkd", seed=1, experiment_name="table4",
+              agents={"teacher": acc(0.1), "undistilled": acc(0.1), "student": acc(0.1)})
+    (root / "mpdistil" / "cb/seed3/com_real/.hydra").mkdir(parents=True)
+    return root
+
+
+def md_row(text: str, title: str) -> list[str]:
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {title} |"))
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_render_table_markdown(table_runs: Path, tmp_path: Path) -> None:
+    out = tables_py("render", "table1a", str(table_runs), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "out" / "table1a.md").read_text()
+    assert md == out.stdout
+    header = md_row(md, "row")
+    assert header == ["row", "BoolQ", "CB", "COPA", "RTE", "WiC", "WSC"]
+    cb = header.index("CB")
+    # teacher: 80, 82, 84 -> 82.0 ± 2.0 over 3 seeds; paper 83.9
+    assert md_row(md, "teacher")[cb] == "82.0 ± 2.0 [n=3] (83.9; Δ -1.9)"
+    # KD student (pkd run) beats our teacher: marked
+    assert md_row(md, "student, KD")[cb] == "85.0 ± 2.0* [n=3] (80.4; Δ +4.6)"
+    # undistilled from the pkd run, not from the mpdistil runs' 50.0
+    assert md_row(md, "student, undistilled")[cb] == "71.0 ± 1.0 [n=3] (75.0; Δ -4.0)"
+    # meta-teacher rows: not students, never marked
+    assert md_row(md, "meta-teacher, col")[cb] == "90.0 ± 0.0 [n=3] (83.9; Δ +6.1)"
+    assert md_row(md, "MPDistil col + binary")[cb] == "88.0 ± 2.0* [n=3] (83.9; Δ +4.1)"
+    # a missing seed shows in n; one seed short of the others
+    assert md_row(md, "MPDistil col + real")[cb] == "66.0 ± 1.4 [n=2] (82.1; Δ -16.1)"
+    # never run: missing, with the paper value beside it
+    assert md_row(md, "MPDistil com + real")[cb] == "— (78.6)"
+    # no-curriculum rows come from the binary run (75, 76, 77), not the real one (60, 61)
+    assert md_row(md, "no curriculum, col")[cb] == "76.0 ± 1.0 [n=3] (78.6; Δ -2.6)"
+    assert md_row(md, "no curriculum, com")[cb] == "76.0 ± 1.0 [n=3] (76.8; Δ -0.8)"
+    assert md_row(md, "teacher")[header.index("BoolQ")] == "— (75.3)"
+    assert "experiment_name is not 'table1a'" in md and "other/x" in md
+    assert "without results.json" in md and "com_real" in md
+
+    with open(tmp_path / "out" / "table1a.csv") as f:
+        grid = list(csv.reader(f))
+    assert grid[0] == header and grid[3][cb] == "85.0 ± 2.0* [n=3] (80.4; Δ +4.6)"
+    with open(tmp_path / "out" / "table1a_long.csv") as f:
+        long = {(r["row"], r["task"]): r for r in csv.DictReader(f)}
+    kd = long[("kd", "cb")]
+    assert (kd["ours_mean"], kd["ours_std"], kd["n"], kd["seeds"], kd["paper"], kd["delta"], kd["beats_teacher"]) == (
+        "85.0000", "2.0000", "3", "1 2 3", "80.4000", "4.6000", "1")
+    assert long[("mpdistil_com_real", "cb")]["n"] == "0" and long[("mpdistil_com_real", "cb")]["ours_mean"] == ""
+
+
+def test_render_pairs_and_single_seed(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs / "mnli", task="mnli", method="pkd", seed=7, experiment_name="table4",
+              agents={"teacher": {"dev_matched": {"accuracy": 0.80}, "dev_mismatched": {"accuracy": 0.81}},
+                      "undistilled": {"dev_matched": {"accuracy": 0.70}, "dev_mismatched": {"accuracy": 0.70}},
+                      "student": {"dev_matched": {"accuracy": 0.79}, "dev_mismatched": {"accuracy": 0.82}}})
+    write_run(runs / "stsb", task="stsb", method="pkd", seed=7, experiment_name="table4",
+              agents={"teacher": {"dev": {"pearson": 0.885, "spearman": 0.88}},
+                      "undistilled": {"dev": {"pearson": 0.85}},
+                      "student": {"dev": {"pearson": 0.87, "spearman": 0.86}}})
+    out = tables_py("render", "table4", str(runs))
+    assert out.returncode == 0, out.stderr
+    md = (runs / "table4.md").read_text()
+    header = md_row(md, "row")
+    assert header[1:4] == ["MNLI (m/mm)", "MRPC (acc/F1)", "QNLI"] and "STS-B (P/S)" in header
+    assert md_row(md, "student, KD")[1] == "79.0 / 82.0* [n=1] (80.3/80.8; Δ -1.3/+1.2)"
+    stsb = header.index("STS-B (P/S)")
+    assert md_row(md, "student, undistilled")[stsb] == "85.0 / — [n=1] (88.8/88.5; Δ -3.8/—)"
+    assert md_row(md, "MPDistil col + binary")[stsb] == "— (89.1/88.9)"
+
+
+def test_render_ablation(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed, (full, pilot) in zip((1, 2), ((0.80, 0.70), (0.82, 0.74))):
+        write_run(runs / "full" / f"cb/seed{seed}", task="cb", method="mpdistil", seed=seed,
+                  experiment_name="ablation/full",
+                  agents={"teacher": acc(0.80), "undistilled": acc(0.6), "student": acc(0.75), "mpdistil": acc(full)})
+        write_run(runs / "meta_pilot" / f"cb/seed{seed}", task="cb", method="mpdistil", seed=seed,
+                  experiment_name="ablation/meta_pilot",
+                  agents={"teacher": acc(0.81), "undistilled": acc(0.6), "student": acc(0.7), "mpdistil": acc(pilot)})
+    write_run(runs / "nocurr" / "cb/seed1", task="cb", method="mpdistil", seed=1, curriculum=False,
+              experiment_name="ablation/my_setting",
+              agents={"teacher": acc(0.81), "undistilled": acc(0.6), "student": acc(0.77)})
+    out = tables_py("render", "ablation", str(runs))
+    assert out.returncode == 0, out.stderr
+    md = (runs / "ablation.md").read_text()
+    assert md_row(md, "setting") == ["setting", "what changes", "cb"]
+    assert md_row(md, "full")[2] == "81.0 ± 1.4* [n=2]"
+    assert md_row(md, "meta_pilot")[2] == "72.0 ± 2.8 [n=2] (Δ full -9.0)"
+    assert md_row(md, "no curriculum")[2] == "75.0 ± 0.0 [n=2] (Δ full -6.0)"
+    assert md_row(md, "teacher")[2] == "80.0 ± 0.0 [n=2]"
+    assert md_row(md, "my_setting")[2] == "77.0 [n=1] (Δ full -4.0)"
+
+
+def test_dry_run_prints_the_distinct_sweeps(tmp_path: Path) -> None:
+    out = tables_py("run", "table4", "--tasks", "mnli", "stsb", "--seeds", "1", "2", "--runs-root", str(tmp_path),
+                    "--data-dir", str(tmp_path / "my data"), "--launcher", "joblib", "--dry-run", "--",
+                    "model=tiny", "method.episodes=2")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[2].startswith("# then: python experiments/tables.py render table4")
+    kd, mpd = lines[0], lines[1]
+    for cmd in (kd, mpd):
+        args = shlex.split(cmd)
+        assert args[1:3] == [str(REPO / "main.py"), "-m"] and args[-2:] == ["model=tiny", "method.episodes=2"]
+        for part in ("experiment=table4", "task=mnli,stsb", "seed=1,2", "experiment_name=table4",
+                     "hydra/launcher=joblib", "data_dir='" + str(tmp_path / "my data") + "'"):
+            assert part in args, (part, args)
+    assert "method=pkd" in kd and f"hydra.sweep.dir={tmp_path}/table4/kd" in kd
+    assert "method=mpdistil method.meta_loss=col,com method.reward=binary,real" in mpd
+    assert "${method.meta_loss}_${method.reward}" in mpd
+    assert not (tmp_path / "table4").exists()
+
+
+def test_ablation_dry_run_always_includes_the_full_method() -> None:
+    out = tables_py("run", "ablation", "--settings", "meta_pilot", "--tasks", "cb", "--seeds", "1", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    cmds = out.stdout.strip().splitlines()[:-1]
+    assert [re.search(r"experiment_name=(\S+)", c).group(1) for c in cmds] == ["ablation/full", "ablation/meta_pilot"]
+    assert "experiment=cpu_repro" in cmds[1] and "method.meta_objective=pilot" in cmds[1]
+    bad = tables_py("run", "ablation", "--settings", "nope", "--dry-run")
+    assert bad.returncode == 2 and "unknown ablation setting" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_cpu_repro_table_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
+    data = SHARED_DATA / "superglue"
+    if not (data / "CB").is_dir():
+        pytest.skip(f"SuperGLUE files not found at {data}")
+    root = tmp_path / "runs"
+    out = tables_py("run", "cpu_repro", "--tasks", "cb", "--seeds", "1", "--data-dir", str(data), "--runs-root",
+                    str(root), "--", "model=tiny", "trainer.progress=false", "logger=none", "method.teacher_epochs=1",
+                    "method.student_epochs=1", "method.episodes=2", "task.max_train_examples=40",
+                    "task.max_eval_examples=20", "method.curriculum_tasks=[cb,wsc]", "eval.attribution=none",
+                    "trainer.save_student=false", "eval.write_test_predictions=false",
+                    f"cache_dir={tmp_path / 'cache'}",
+                    timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = sorted(p.relative_to(root).as_posix() for p in root.rglob("results.json"))
+    assert results == ["cpu_repro/kd/cb/seed1/pkd/results.json",
+                       *[f"cpu_repro/mpdistil/cb/seed1/{v}/results.json"
+                         for v in ("col_binary", "col_real", "com_binary", "com_real")]]
+    config = json.loads((root / "cpu_repro/mpdistil/cb/seed1/com_real/config.json").read_text())
+    assert (config["experiment_name"], config["method"]["meta_loss"], config["method"]["reward"]) == (
+        "cpu_repro", "com", "real")
+    assert config["model"]["name"] == "tiny" and config["method"]["episodes"] == 2
+    sweeps = [json.loads(line) for line in (root / "cpu_repro" / "sweeps.jsonl").read_text().splitlines()]
+    assert [(s["sweep"], s["returncode"]) for s in sweeps] == [("kd", 0), ("mpdistil", 0)]
+
+    rendered = tables_py("render", "cpu_repro", str(root / "cpu_repro"))
+    assert rendered.returncode == 0, rendered.stderr
+    md = (root / "cpu_repro" / "cpu_repro.md").read_text()
+    header = md_row(md, "row")
+    for title in paper_tables.ROW_TITLES.values():
+        row = md_row(md, title)
+        assert re.fullmatch(r"\d+\.\d\*? \[n=1\] \(\d+\.\d; Δ [+-]\d+\.\d\)", row[header.index("CB")]), row
+        assert row[header.index("BoolQ")].startswith("— (")
