@@ -121,6 +121,10 @@ class TrainerConfig:
     selection_split: str = "dev"  # dev | quiz
     save_student: bool = True
     save_teacher: bool = False  # also write the fine-tuned teacher as an HF folder (for mpdistil.evaluate)
+    # resumable checkpoint in <run dir>/checkpoint/ every N epochs/episodes and after each phase group (0: never);
+    # each one holds every agent, optimizer and best-so-far state, so for large models raise N
+    checkpoint_every: int = 1
+    keep_checkpoint: bool = False  # keep it after the run has finished (deleted by default: results.json has it all)
 
 
 @dataclass

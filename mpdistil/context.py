@@ -55,6 +55,7 @@ class RunContext:
     aux: dict[str, AuxTask] = field(default_factory=dict)
     agents: dict[str, nn.Module] = field(default_factory=dict)  # extra agents: undistilled, meta_teacher
     records: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # evaluated table rows
     timings: dict[str, float] = field(default_factory=dict)
     teacher_outputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)

@@ -1,6 +1,8 @@
 """One run, top to bottom: config → tasks → agents → phases → results.
 
-Read this file to follow a run; each phase lives in ``mpdistil/phases/``.
+Read this file to follow a run; each phase lives in ``mpdistil/phases/``. A checkpoint in
+``<run dir>/checkpoint/`` after every epoch/episode and every phase group lets a killed run
+continue where it stopped (``mpdistil/resume.py``).
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from mpdistil.models.agent import build_agents, count_parameters
 from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
 from mpdistil.phases import PHASES
 from mpdistil.results import format_table, peak_memory, write_json
+from mpdistil.resume import (Checkpoint, Position, data_fingerprint, kill_point, restore, run_identity, set_rng_state,
+                             verify_checkpoint)
 from mpdistil.training import Runtime, resolve_device
 
 ROW_OF_PHASE = {"teacher": "teacher", "undistilled": "undistilled", "distill": "student", "metadistil": "student",
@@ -35,14 +39,26 @@ ROW_OF_PHASE = {"teacher": "teacher", "undistilled": "undistilled", "distill": "
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch (CPU and every GPU); ``deterministic`` also picks deterministic GPU kernels."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # must precede the first cuBLAS call
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 results differ between GPU generations
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def seed_group(seed: int, index: int) -> None:
+    """Each phase group starts from random states fixed by (seed, group index), so it draws the same numbers
+    whether the groups before it were trained here, loaded from a cache or restored from a checkpoint."""
+    group_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    random.seed(group_seed)
+    np.random.seed(group_seed)
+    torch.manual_seed(group_seed)
 
 
 def default_cache_dir(cfg: Any) -> Path:
@@ -130,6 +146,9 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
 
         out_dir = Path(HydraConfig.get().runtime.output_dir)
     out_dir = Path(out_dir)
+    identity = run_identity(cfg)
+    # A checkpoint in the run folder is resumed; a corrupt one or one of another config is refused right away.
+    resumable = verify_checkpoint(out_dir / "checkpoint", identity, required=cfg.resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -153,6 +172,10 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
         if wants_curriculum else {}
     ood = prepare_ood(cfg, data_dir, cache_dir, tokenizer, info) if cfg.eval.ood_tasks else {}
     timings["data"] = time.perf_counter() - t
+    data_fp = data_fingerprint({**splits, **{f"aux/{k}": a.quiz for k, a in aux.items()},
+                                **{f"ood/{k}": v for k, v in ood.items()}})
+    ckpt = Checkpoint(out_dir / "checkpoint", identity, data_fp, cfg.trainer.checkpoint_every)
+    saved = ckpt.load(resumable) if resumable else None
 
     t = time.perf_counter()
     teacher, student, sources = build_agents(cfg.model, info.name, info.kind, info.num_outputs, info.label_names,
@@ -173,17 +196,23 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
                      aux=aux, sources=sources)
     eval_splits = [s for s in [*dev_names, "quiz", *[n for n in splits if n.startswith("test")]]
                    if s in splits and splits[s].labels is not None]
-    agents_out: dict[str, dict[str, dict[str, float]]] = {}
+    agents_out = ctx.rows
+    position = resume_run(ctx, groups, saved, ckpt.folder) if saved is not None else Position(0, 0)
     try:
-        for group in groups:
+        for index, group in enumerate(groups):
+            if index < position.group:
+                continue  # finished before the checkpoint: its agents and rows are restored
             label = "+".join(group)
+            mid_group = saved if index == position.group and position.epoch else None
             with ctx.timed(label):
-                produced = run_group(ctx, group)
+                produced = run_group(ctx, group, index, ckpt, mid_group)
             _print(f"[mpdistil] {label}: {ctx.timings[label]:.1f}s")
             with ctx.timed("evaluation"):
                 for name in produced:
                     row = ROW_OF_PHASE[name]
                     agents_out[row] = evaluate_row(ctx, row, row_agent(ctx, row), eval_splits)
+            ckpt.save(ctx, Position(index + 1, 0), [])
+            kill_point(f"{label}:done")
     finally:
         timings.update(ctx.timings)
         timings["total"] = time.perf_counter() - start
@@ -204,6 +233,8 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
         "device": str(rt.device), "precision": rt.precision, "outputs": outputs,
     }
     write_json(out_dir / "results.json", results)
+    if not cfg.trainer.keep_checkpoint:
+        ckpt.clear()
     logger.summary({f"final/{row}/{s}/{k}": v for row, per in agents_out.items() for s, m in per.items()
                     for k, v in m.items()})
     logger.finish()
@@ -226,45 +257,90 @@ def _group_states(ctx: RunContext, group: list[str]) -> dict[str, torch.nn.Modul
     return modules
 
 
-def run_group(ctx: RunContext, group: list[str]) -> list[str]:
+def resume_run(ctx: RunContext, groups: list[list[str]], saved: dict[str, Any], folder: Path) -> Position:
+    """Recreate the agents of the groups run before the checkpoint (heads, clones, T', policy), then load it."""
+    position = Position(**saved["position"])
+    for group in groups[:position.group + (1 if position.epoch else 0)]:
+        for name in group:
+            PHASES[name]().prepare(ctx)
+    restore(ctx, saved)
+    where = (f"after epoch {position.epoch} of {'+'.join(groups[position.group])}" if position.epoch
+             else f"after {position.group} of {len(groups)} phase groups")
+    _print(f"[mpdistil] resuming from {folder} ({where})")
+    return position
+
+
+def run_group(ctx: RunContext, group: list[str], index: int = 0, ckpt: Optional[Checkpoint] = None,
+              saved: Optional[dict[str, Any]] = None) -> list[str]:
     """Run phases in lockstep (``a+b``: b after every epoch of a); returns the phases that produced an agent.
 
     Student groups are cached like the teacher: an ablation over curriculum switches reuses them.
+    ``saved``: a checkpoint taken inside this group, to continue after its last completed epoch.
     """
     phases = [PHASES[name]() for name in group]
+    if saved is None:
+        seed_group(ctx.cfg.seed, index)
     entry = None
     if not {"teacher", "curriculum"} & set(group):
         entry = CacheEntry(ctx.cache_dir, "students", student_cache_key(ctx, "+".join(group)))
-    with entry.lock if entry else contextlib.nullcontext():
-        cached = entry.load() if entry and ctx.cfg.trainer.reuse_cache else None
-        if cached is not None:
-            for phase in phases:
-                phase.prepare(ctx)
-            state, records = cached
-            for key, module in _group_states(ctx, group).items():
-                module.load_state_dict(state[key])
-            if "meta_teacher" in group:
-                ctx.meta_teacher().trained = True
-            for name in group:
-                ctx.records[name] = {**records[name], "cached": True, "cache": str(entry.folder)}
-            return list(group)
+    try:
+        with entry.lock if entry else contextlib.nullcontext():
+            cached = entry.load() if entry and ctx.cfg.trainer.reuse_cache else None
+            if cached is not None:
+                load_cached_group(ctx, group, phases, entry, cached)
+                return list(group)
+            return train_group(ctx, group, index, phases, entry, ckpt, saved)
+    finally:
         for phase in phases:
-            phase.start(ctx)
-        for epoch in range(phases[0].epochs(ctx)):
-            for phase in phases:
-                row = phase.run_epoch(ctx, epoch)
-                if row:
-                    ctx.logger.log(phase.name, epoch, row)
-        produced = []
+            phase.close(ctx)
+
+
+def load_cached_group(ctx: RunContext, group: list[str], phases: list[Any], entry: CacheEntry,
+                      cached: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    for phase in phases:
+        phase.prepare(ctx)
+    state, records = cached
+    for key, module in _group_states(ctx, group).items():
+        module.load_state_dict(state[key])
+    if "meta_teacher" in group:
+        ctx.meta_teacher().trained = True
+    for name in group:
+        ctx.records[name] = {**records[name], "cached": True, "cache": str(entry.folder)}
+
+
+def train_group(ctx: RunContext, group: list[str], index: int, phases: list[Any], entry: Optional[CacheEntry],
+                ckpt: Optional[Checkpoint], saved: Optional[dict[str, Any]]) -> list[str]:
+    """start → epochs (a checkpoint after each, per trainer.checkpoint_every) → finish; the entry caches the result."""
+    for phase in phases:
+        phase.start(ctx)
+    first = 0
+    if saved is not None:
         for phase in phases:
-            ctx.records[phase.name] = phase.finish(ctx)
-            if phase.epochs(ctx) or phase.name in ("teacher", "meta_teacher"):
-                produced.append(phase.name)
-        if entry is not None:
-            state = {k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
-                     for k, m in _group_states(ctx, group).items()}
-            entry.save(state, {name: ctx.records[name] for name in group})
-        return produced
+            phase.load_state_dict(saved["phases"][phase.name])
+        set_rng_state(saved["rng"])  # start() may draw random numbers the interrupted run drew before the checkpoint
+        first = saved["position"]["epoch"]
+    epochs = phases[0].epochs(ctx)
+    for epoch in range(first, epochs):
+        for phase in phases:
+            ctx.rt.stage = f"{phase.name}:{epoch}"
+            row = phase.run_epoch(ctx, epoch)
+            if row:
+                ctx.logger.log(phase.name, epoch, row)
+        ctx.rt.stage = ""
+        if ckpt is not None and ckpt.due(epoch, epochs):
+            ckpt.save(ctx, Position(index, epoch + 1), phases)
+        for phase in phases:
+            kill_point(f"{phase.name}:{epoch}")
+    produced = []
+    for phase in phases:
+        ctx.records[phase.name] = phase.finish(ctx)
+        if phase.epochs(ctx) or phase.name in ("teacher", "meta_teacher"):
+            produced.append(phase.name)
+    if entry is not None:
+        state = {k: {n: v.detach().cpu() for n, v in m.state_dict().items()}
+                 for k, m in _group_states(ctx, group).items()}
+        entry.save(state, {name: ctx.records[name] for name in group})
+    return produced
 
 
 def row_agent(ctx: RunContext, row: str) -> Optional[torch.nn.Module]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mpdistil.data.encode import EncodedSplit, iterate, model_inputs
+from mpdistil.resume import kill_point
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,6 +40,7 @@ class Runtime:
     pad_id: int = 0
     progress: bool = True
     scaler: Optional[Any] = field(default=None, repr=False)
+    stage: str = ""  # "<phase>:<epoch>" being trained, set by run_group (for the MPDISTIL_KILL_AT test hook)
 
     def __post_init__(self) -> None:
         if self.precision == "fp16" and self.device.type == "cuda":
@@ -75,6 +77,7 @@ class Runtime:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        kill_point(f"{self.stage}:mid")
 
     def batches(self, split: EncodedSplit, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None):
@@ -134,6 +137,12 @@ class BestKeeper:
     def restore(self, module: nn.Module) -> None:
         if self.state is not None:
             module.load_state_dict(self.state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "state": self.state, "epoch": self.epoch, "metrics": self.metrics}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.score, self.state, self.epoch, self.metrics = saved["score"], saved["state"], saved["epoch"], saved["metrics"]
 
 
 def clone_module(module: nn.Module) -> nn.Module:

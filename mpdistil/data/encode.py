@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
+from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
 from mpdistil.data.types import Example
@@ -68,17 +69,38 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Sequence[st
 
 def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], task: str, name: str,
                     kind: str, max_length: int, cache_dir: Optional[Path] = None) -> EncodedSplit:
-    """Tokenise once; a cache keyed by tokenizer, length limit and the exact texts is reused across runs."""
-    cache_file = None
-    if cache_dir is not None:
+    """Tokenise once; a cache keyed by tokenizer, length limit and the exact texts is reused across runs.
+
+    A changed data file changes the key, so its split is tokenised afresh. Concurrent jobs: one
+    tokenises under a file lock, the others wait and read its (atomically written) file.
+    """
+    if cache_dir is None:
+        blob = _encode(tokenizer, examples, kind, max_length)
+    else:
         cache_file = Path(cache_dir) / "tokenized" / f"{task}-{name}-{_fingerprint(tokenizer, max_length, examples)}.pt"
-        if cache_file.is_file():
-            try:
-                blob = torch.load(cache_file, weights_only=False)
-                return EncodedSplit(task, name, kind, blob["input_ids"], blob["token_type_ids"], blob["labels"],
-                                    list(examples))
-            except Exception:  # a damaged cache file is rebuilt, never trusted
-                cache_file.unlink(missing_ok=True)
+        blob = _read_cache(cache_file)
+        if blob is None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{cache_file}.lock"):
+                blob = _read_cache(cache_file)
+                if blob is None:
+                    blob = _encode(tokenizer, examples, kind, max_length)
+                    atomic_torch_save(blob, cache_file)
+    return EncodedSplit(task, name, kind, blob["input_ids"], blob["token_type_ids"], blob["labels"], list(examples))
+
+
+def _read_cache(path: Path) -> Optional[dict[str, Any]]:
+    """A cached split, or None when absent or damaged (it is then rebuilt, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception:  # noqa: BLE001 - any unreadable file is rebuilt
+        return None
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], kind: str,
+            max_length: int) -> dict[str, Any]:
     if kind == "multiple_choice":
         n_choices = len(examples[0].texts)
         flat = [choice for ex in examples for choice in ex.texts]
@@ -94,9 +116,7 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Examp
     if examples and all(ex.label is not None for ex in examples):
         dtype = torch.float32 if kind == "regression" else torch.long
         labels = torch.tensor([ex.label for ex in examples], dtype=dtype)
-    if cache_file is not None:
-        atomic_torch_save({"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}, cache_file)
-    return EncodedSplit(task, name, kind, input_ids, token_type_ids, labels, list(examples))
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -104,9 +124,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # after a node crash the rename never points at unwritten blocks
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; caches are shared between users' jobs
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -19,7 +19,11 @@ def register_phase(name: str) -> Callable[[type], type]:
 
 
 class Phase:
-    """One stage of a run. ``run_epoch`` is called ``epochs(ctx)`` times between start and finish."""
+    """One stage of a run. ``run_epoch`` is called ``epochs(ctx)`` times between start and finish.
+
+    A resumed run calls ``prepare`` (agents), ``start``, then ``load_state_dict`` and continues with
+    the next epoch, so ``run_epoch`` must depend only on the agents, the state dict and the epoch.
+    """
 
     name = "phase"
 
@@ -38,6 +42,17 @@ class Phase:
     def finish(self, ctx: Any) -> dict[str, Any]:
         """Restore the best state and return this phase's record for results.json."""
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What ``run_epoch`` carries from one epoch to the next beyond the agents' weights (optimizers,
+        best-so-far state, history), for the run's checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint; called after ``start``."""
+
+    def close(self, ctx: Any) -> None:
+        """Release what ``start`` holds (locks), also when the group failed."""
 
 
 def _load_all() -> None:

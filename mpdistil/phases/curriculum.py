@@ -28,10 +28,9 @@ class CurriculumPhase(Phase):
     def epochs(self, ctx: Any) -> int:
         return ctx.cfg.method.episodes if ctx.cfg.method.curriculum else 0
 
-    def start(self, ctx: Any) -> None:
-        m, rt, student = ctx.cfg.method, ctx.rt, ctx.student
-        self.mt = ctx.meta_teacher()
-        self.mt.requires_grad_(False)
+    def prepare(self, ctx: Any) -> None:
+        """The auxiliary tasks' heads on the student and the policy (a resumed run loads their weights after)."""
+        m, student = ctx.cfg.method, ctx.student
         self.tasks = [ctx.task.name] + [t for t in m.curriculum_tasks if t != ctx.task.name]
         self.kinds = {ctx.task.name: ctx.task.kind}
         self.quiz: dict[str, EncodedSplit] = {ctx.task.name: ctx.splits["quiz"]}
@@ -40,9 +39,16 @@ class CurriculumPhase(Phase):
             student.add_task(name, aux.info.num_outputs, aux.info.kind)
             self.kinds[name] = aux.info.kind
             self.quiz[name] = aux.quiz
-        state_dim = student.hidden_size if m.policy_state == "pooler" else 2 * len(self.tasks) + 1
-        self.policy = Policy(m.policy_state, len(self.tasks), state_dim).to(rt.device)
-        ctx.agents["policy"] = self.policy
+        if "policy" not in ctx.agents:
+            state_dim = student.hidden_size if m.policy_state == "pooler" else 2 * len(self.tasks) + 1
+            ctx.agents["policy"] = Policy(m.policy_state, len(self.tasks), state_dim).to(ctx.rt.device)
+        self.policy = ctx.agents["policy"]
+
+    def start(self, ctx: Any) -> None:
+        m, rt, student = ctx.cfg.method, ctx.rt, ctx.student
+        self.prepare(ctx)
+        self.mt = ctx.meta_teacher()
+        self.mt.requires_grad_(False)
         self.opt_student = rt.optimizer(student.parameters(), m.curriculum_lr)
         self.opt_policy = rt.optimizer(self.policy.parameters(), m.policy_lr)
         self.best = BestKeeper("curriculum")
@@ -166,3 +172,14 @@ class CurriculumPhase(Phase):
             "final_policy": dict(zip(self.tasks, final_probs)),
             "authors_episode_update": ctx.cfg.method.authors_episode_update,
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt_student": self.opt_student.state_dict(), "opt_policy": self.opt_policy.state_dict(),
+                "best": self.best.state_dict(), "episodes": self.episodes, "last_reward": self.last_reward}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt_student.load_state_dict(state["opt_student"])
+        self.opt_policy.load_state_dict(state["opt_policy"])
+        self.best.load_state_dict(state["best"])
+        self.episodes = state["episodes"]
+        self.last_reward = state["last_reward"]

@@ -89,6 +89,14 @@ class DistillPhase(Phase):
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "alpha": self.alpha, "beta": self.beta}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict(), "best": self.best.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.best.load_state_dict(state["best"])
+        self.history = state["history"]
+
 
 @register_phase("undistilled")
 class UndistilledPhase(DistillPhase):

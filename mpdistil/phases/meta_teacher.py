@@ -101,3 +101,11 @@ class MetaTeacherPhase(Phase):
         self.best.restore(self.mt)
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "meta_loss": ctx.cfg.method.meta_loss, "meta_objective": ctx.cfg.method.meta_objective}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict(), "best": self.best.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.best.load_state_dict(state["best"])
+        self.history = state["history"]

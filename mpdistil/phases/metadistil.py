@@ -89,3 +89,13 @@ class MetaDistilPhase(Phase):
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "pilot_lr": ctx.cfg.method.pilot_lr, "unroll_steps": ctx.cfg.method.unroll_steps,
                 "first_order": ctx.cfg.method.first_order, "backend": ctx.cfg.method.meta_backend}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt_teacher": self.opt_teacher.state_dict(), "opt_student": self.opt_student.state_dict(),
+                "best": self.best.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt_teacher.load_state_dict(state["opt_teacher"])
+        self.opt_student.load_state_dict(state["opt_student"])
+        self.best.load_state_dict(state["best"])
+        self.history = state["history"]

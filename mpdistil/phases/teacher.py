@@ -1,7 +1,9 @@
 """Phase 1: fine-tune the teacher on train' with the task loss; keep the best epoch.
 
 A fine-tuned teacher is cached under ``<cache_dir>/teachers/<key>`` and reused by every later
-run with the same teacher, task data, split, seed and phase-1 settings.
+run with the same teacher, task data, split, seed and phase-1 settings. The entry's file lock is
+held from start to finish, so concurrent jobs build it once; it is an OS lock (flock), released
+when a killed process dies, so a pre-empted job never blocks the others.
 """
 from __future__ import annotations
 
@@ -64,3 +66,20 @@ class TeacherPhase(Phase):
         finally:
             self.entry.lock.release()
         return {**record, "cached": False, "cache": str(self.entry.folder)}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.cached_record is not None:
+            return {}
+        return {"opt": self.opt.state_dict(), "best": self.best.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.cached_record is not None:
+            return  # another job finished this teacher meanwhile: its cached copy is the same teacher
+        self.opt.load_state_dict(state["opt"])
+        self.best.load_state_dict(state["best"])
+        self.history = state["history"]
+
+    def close(self, ctx: Any) -> None:
+        entry = getattr(self, "entry", None)
+        if entry is not None and entry.lock.is_locked:
+            entry.lock.release(force=True)

@@ -1,0 +1,209 @@
+"""Resumable runs: a checkpoint in ``<run dir>/checkpoint/`` after every completed epoch/episode.
+
+A run killed at any moment, started again in the same folder (``hydra.run.dir=<folder>``),
+continues from its last checkpoint and ends with exactly the results of an uninterrupted run:
+the checkpoint holds every agent, optimizer, best-so-far state, phase history, the evaluated
+rows, the RNG states and where the run was. Data order needs no state: each epoch's order comes
+from ``ctx.generator(phase, epoch)``.
+
+Layout: ``state-g<group>-e<epoch>.pt`` and ``meta.json`` naming it, with its sha256, the config
+it belongs to and a fingerprint of the data. ``meta.json`` is replaced last and older state
+files are deleted after it, so a kill at any moment leaves one complete checkpoint behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from mpdistil.checkpoint import file_checksum, fingerprint, split_fingerprint
+from mpdistil.config import ConfigError
+from mpdistil.data.encode import EncodedSplit, atomic_torch_save
+
+FORMAT = 1
+# Settings that change what a run shows, where it reads from or how often it saves, not what it computes.
+NOT_PART_OF_THE_RUN = ("resume", "logger", "experiment_name", "data_dir", "cache_dir", "task.data_dir",
+                       "trainer.progress", "trainer.checkpoint_every", "trainer.keep_checkpoint",
+                       "trainer.num_threads", "trainer.reuse_cache", "trainer.save_student", "trainer.save_teacher")
+KILL_ENV = "MPDISTIL_KILL_AT"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that must not be resumed: unreadable, corrupt, or written for another config or data."""
+
+
+def kill_point(where: str) -> None:
+    """Test hook: ``MPDISTIL_KILL_AT=<where>`` SIGKILLs the run here, as a pre-emption would."""
+    if os.environ.get(KILL_ENV) == where:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Position:
+    group: int  # index into method.phases of the group to run next (len(phases): all done)
+    epoch: int  # epochs/episodes of that group already completed; 0 = the group has not started
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def run_identity(cfg: Any) -> dict[str, Any]:
+    """The resolved settings that determine a run's results, as ``dotted.key: value``."""
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    keep = {k: v for k, v in flat.items()
+            if not any(k == p or k.startswith(p + ".") for p in NOT_PART_OF_THE_RUN)}
+    return json.loads(json.dumps(keep, default=str))
+
+
+def data_fingerprint(splits: dict[str, EncodedSplit]) -> str:
+    """Content of every tokenised split a run reads: a changed data file changes it."""
+    return fingerprint({name: split_fingerprint(split) for name, split in sorted(splits.items())})
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Dropout, new heads and the curriculum's sampling draw from these global generators."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_agents(ctx: Any) -> dict[str, torch.nn.Module]:
+    return {"teacher": ctx.teacher, "student": ctx.student, **ctx.agents}
+
+
+class Checkpoint:
+    """The run folder's checkpoint: written every ``every`` epochs/episodes and after each phase group."""
+
+    def __init__(self, folder: Path, identity: dict[str, Any], data: str, every: int) -> None:
+        self.folder, self.identity, self.data, self.every = Path(folder), identity, data, every
+        self.config_hash = fingerprint(identity)
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """After epoch ``epoch`` (0-based) of ``epochs``; the last one is covered by the group's checkpoint."""
+        return self.every > 0 and (epoch + 1) % self.every == 0 and epoch + 1 < epochs
+
+    def save(self, ctx: Any, position: Position, phases: list[Any]) -> None:
+        if self.every <= 0:
+            return
+        mt = ctx.agents.get("meta_teacher")
+        blob = {
+            "format": FORMAT, "position": asdict(position),
+            "agents": {name: module.state_dict() for name, module in all_agents(ctx).items()},
+            "meta_teacher_trained": bool(mt is not None and mt.trained),
+            "phases": {phase.name: phase.state_dict() for phase in phases},
+            "records": ctx.records, "rows": ctx.rows, "timings": ctx.timings,
+            "scaler": ctx.rt.scaler.state_dict() if ctx.rt.scaler is not None else None,
+            "rng": rng_state(),
+        }
+        name = f"state-g{position.group}-e{position.epoch}.pt"
+        atomic_torch_save(blob, self.folder / name)
+        _write_json_durably(self.folder / "meta.json", {
+            "format": FORMAT, "file": name, "sha256": file_checksum(self.folder / name),
+            "position": asdict(position), "config_hash": self.config_hash, "data": self.data,
+            "config": self.identity})
+        for old in self.folder.glob("state-*.pt"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def load(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The saved state of a checkpoint that :func:`verify_checkpoint` accepted, if it was taken on this data."""
+        fix = f"delete {self.folder} to start over"
+        if meta.get("data") != self.data:
+            raise CheckpointError(f"the data changed since checkpoint {self.folder} was written; restore the "
+                                  f"original data files or {fix}")
+        path = self.folder / meta["file"]
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file cannot be resumed
+            raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}); {fix}") from None
+
+    def clear(self) -> None:
+        """A finished run needs no checkpoint: its results are in results.json."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def verify_checkpoint(folder: Path, identity: dict[str, Any], required: bool) -> Optional[dict[str, Any]]:
+    """The meta.json of ``folder``'s checkpoint if there is one to resume, checked before the run writes anything:
+    an error when it is unreadable, corrupt, of another config, or absent although ``required``."""
+    meta_path = folder / "meta.json"
+    fix = f"delete {folder} to start over"
+    if not meta_path.is_file():
+        if required:
+            raise CheckpointError(f"resume=true but {folder} holds no checkpoint; run with "
+                                  "hydra.run.dir=<the interrupted run's folder>, or drop resume=true")
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        file, checksum = meta["file"], meta["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {meta_path} is unreadable; {fix}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {folder} has format {meta.get('format')}, this code reads {FORMAT}; {fix}")
+    if meta.get("config_hash") != fingerprint(identity):
+        saved = meta.get("config", {})
+        changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        listed = ", ".join(f"{k}={saved.get(k)!r}" for k in changed[:4]) or "settings"
+        raise CheckpointError(f"checkpoint {folder} was written by another config ({listed}); run with the "
+                              f"original config or {fix}")
+    path = folder / file
+    if not path.is_file() or file_checksum(path) != checksum:
+        raise CheckpointError(f"checkpoint {path} is missing or corrupt (checksum mismatch); {fix}")
+    return meta
+
+
+def restore(ctx: Any, saved: dict[str, Any]) -> Position:
+    """Agents, records and RNG from a checkpoint; the agents must exist (``Phase.prepare``) beforehand."""
+    modules = all_agents(ctx)
+    missing = sorted(set(saved["agents"]) - set(modules))
+    if missing:
+        raise CheckpointError(f"checkpoint holds agents {missing} this run does not build; delete the checkpoint "
+                              "folder to start over")
+    for name, state in saved["agents"].items():
+        modules[name].load_state_dict(state)
+    if "meta_teacher" in ctx.agents:
+        ctx.agents["meta_teacher"].trained = saved["meta_teacher_trained"]
+    ctx.records.update(saved["records"])
+    ctx.rows.update(saved["rows"])
+    ctx.timings.update(saved["timings"])
+    if saved["scaler"] is not None and ctx.rt.scaler is not None:
+        ctx.rt.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    return Position(**saved["position"])
+
+
+def _write_json_durably(path: Path, obj: Any) -> None:
+    """Temp file, fsync, rename: after a crash the file is the old one or the new one, never a stub."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

