@@ -7,8 +7,9 @@
 One run of ``method=mpdistil`` fills several rows (teacher, meta-teacher, no-curriculum student,
 MPDistil student), so ``run`` launches only the distinct runs: per task and seed one ``method=pkd``
 run and four ``method=mpdistil`` runs (meta loss col|com x reward binary|real), as two Hydra
-multiruns. The kd sweep goes first, so every teacher is fine-tuned once and read from the cache by
-the mpdistil sweep. ``render`` rebuilds the table from whatever results.json files exist: a cell
+multiruns per task (over seeds). Per task, so that a task that cannot run (e.g. its files are
+missing) stops only its own sweeps; the kd sweep goes first, so every teacher is fine-tuned once and
+read from the cache by the mpdistil sweep. A failed sweep does not stop the next one. ``render`` rebuilds the table from whatever results.json files exist: a cell
 without a run stays ``—``; nothing is filled in from the paper.
 """
 from __future__ import annotations
@@ -520,31 +521,41 @@ def is_sweep(override: str) -> bool:
     return "," in value or value.startswith(("choice(", "range(", "glob(", "interval("))
 
 
+def _suffix(extra: Sequence[str]) -> str:
+    """Extra overrides that sweep need their own folder level, or their jobs would share one folder."""
+    return "/${hydra.job.override_dirname}" if any(is_sweep(e) for e in extra) else ""
+
+
 def table_sweeps(table: str, tasks: Sequence[str], seeds: Sequence[int], common: list[str], root: Path,
                  extra: list[str]) -> list[Sweep]:
+    """Per task: the pkd sweep, then the four mpdistil variants (the teacher is trained once, by the first)."""
     spec = TABLES[table]
-    suffix = "/${hydra.job.override_dirname}" if any(is_sweep(e) for e in extra) else ""
-    base = [f"experiment={spec.experiment}", f"task={','.join(tasks)}", f"seed={','.join(map(str, seeds))}",
-            f"experiment_name={table}", *common]
-    kd = Sweep("kd", ["method=pkd", *base, f"hydra.sweep.dir={hydra_value(str(root / table / 'kd'))}",
-                      "hydra.sweep.subdir=${task.name}/seed${seed}/pkd" + suffix, *extra])
-    mpd = Sweep("mpdistil", ["method=mpdistil", "method.meta_loss=col,com", "method.reward=binary,real", *base,
-                             f"hydra.sweep.dir={hydra_value(str(root / table / 'mpdistil'))}",
-                             "hydra.sweep.subdir=${task.name}/seed${seed}/${method.meta_loss}_${method.reward}"
-                             + suffix, *extra])
-    return [kd, mpd]
+    out = []
+    for task in tasks:
+        base = [f"experiment={spec.experiment}", f"task={task}", f"seed={','.join(map(str, seeds))}",
+                f"experiment_name={table}", *common]
+        out.append(Sweep(f"{task}/kd", ["method=pkd", *base,
+                                        f"hydra.sweep.dir={hydra_value(str(root / table / task / 'kd'))}",
+                                        "hydra.sweep.subdir=seed${seed}" + _suffix(extra), *extra]))
+        out.append(Sweep(f"{task}/mpdistil", [
+            "method=mpdistil", "method.meta_loss=col,com", "method.reward=binary,real", *base,
+            f"hydra.sweep.dir={hydra_value(str(root / table / task / 'mpdistil'))}",
+            "hydra.sweep.subdir=seed${seed}/${method.meta_loss}_${method.reward}" + _suffix(extra), *extra]))
+    return out
 
 
 def ablation_sweeps(base: str, settings: Sequence[str], tasks: Sequence[str], seeds: Sequence[int],
                     common: list[str], root: Path, extra: list[str]) -> list[Sweep]:
-    suffix = "/${hydra.job.override_dirname}" if any(is_sweep(e) for e in extra) else ""
+    """Per task and setting one sweep over seeds; the full method always first."""
     out = []
-    for name in (["full"] + [s for s in settings if s != "full"]):
-        out.append(Sweep(name, [f"experiment={base}", f"method={ABLATIONS[name].method}", f"task={','.join(tasks)}",
-                                f"seed={','.join(map(str, seeds))}", f"experiment_name=ablation/{name}", *common,
-                                *ABLATIONS[name].overrides,
-                                f"hydra.sweep.dir={hydra_value(str(root / 'ablation' / name))}",
-                                "hydra.sweep.subdir=${task.name}/seed${seed}" + suffix, *extra]))
+    for task in tasks:
+        for name in (["full"] + [s for s in settings if s != "full"]):
+            ab = ABLATIONS[name]
+            out.append(Sweep(f"{task}/{name}", [
+                f"experiment={base}", f"method={ab.method}", f"task={task}", f"seed={','.join(map(str, seeds))}",
+                f"experiment_name=ablation/{name}", *common, *ab.overrides,
+                f"hydra.sweep.dir={hydra_value(str(root / 'ablation' / task / name))}",
+                "hydra.sweep.subdir=seed${seed}" + _suffix(extra), *extra]))
     return out
 
 
@@ -576,19 +587,19 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
             print(shlex.join(s.command()))
         print(f"# then: {render}")
         return 0
+    out_dir.mkdir(parents=True, exist_ok=True)
     log = []
     for s in sweeps:
         print(f"\n[tables] {args.table}/{s.name}: {shlex.join(s.command())}", flush=True)
         start = time.perf_counter()
         rc = subprocess.run(s.command(), cwd=REPO).returncode
-        log.append({"sweep": s.name, "command": s.command(), "returncode": rc,
-                    "seconds": round(time.perf_counter() - start, 1)})
+        row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "sweep": s.name, "command": s.command(),
+               "returncode": rc, "seconds": round(time.perf_counter() - start, 1)}
+        log.append(row)
+        with open(out_dir / "sweeps.jsonl", "a") as f:  # one line per sweep, kept when the script is killed
+            f.write(json.dumps(row) + "\n")
         if rc != 0:
             print(f"[tables] {args.table}/{s.name} failed (exit {rc}); its finished runs are kept", flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "sweeps.jsonl", "a") as f:
-        for row in log:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), **row}) + "\n")
     failed = [r["sweep"] for r in log if r["returncode"] != 0]
     print(f"\n[tables] {len(log) - len(failed)}/{len(log)} sweeps succeeded"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f"\n[tables] render: {render}", flush=True)

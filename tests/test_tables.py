@@ -73,7 +73,7 @@ def test_table_presets_compose_and_validate(experiment: str, method: str) -> Non
         assert (m.teacher_epochs, m.student_epochs, m.episodes) == (10, 10, 200)
         assert cfg.task.max_train_examples is None and cfg.task.max_eval_examples is None
     else:
-        assert cfg.model.student_layers == 3 and cfg.task.max_train_examples == 2000
+        assert cfg.model.student_layers == 3 and cfg.task.max_train_examples == 1000
 
 
 def test_paper_curriculum_actions() -> None:
@@ -373,26 +373,30 @@ def test_dry_run_prints_the_distinct_sweeps(tmp_path: Path) -> None:
                     "model=tiny", "method.episodes=2")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 3 and lines[2].startswith("# then: python experiments/tables.py render table4")
-    kd, mpd = lines[0], lines[1]
-    for cmd in (kd, mpd):
-        args = shlex.split(cmd)
+    assert len(lines) == 5 and lines[4].startswith("# then: python experiments/tables.py render table4")
+    cmds = [shlex.split(line) for line in lines[:4]]
+    for args, task in zip(cmds, ("mnli", "mnli", "stsb", "stsb")):
         assert args[1:3] == [str(REPO / "main.py"), "-m"] and args[-2:] == ["model=tiny", "method.episodes=2"]
-        for part in ("experiment=table4", "task=mnli,stsb", "seed=1,2", "experiment_name=table4",
+        for part in ("experiment=table4", f"task={task}", "seed=1,2", "experiment_name=table4",
                      "hydra/launcher=joblib", "data_dir='" + str(tmp_path / "my data") + "'"):
             assert part in args, (part, args)
-    assert "method=pkd" in kd and f"hydra.sweep.dir={tmp_path}/table4/kd" in kd
-    assert "method=mpdistil method.meta_loss=col,com method.reward=binary,real" in mpd
-    assert "${method.meta_loss}_${method.reward}" in mpd
+    kd, mpd = cmds[0], cmds[1]
+    assert "method=pkd" in kd and f"hydra.sweep.dir={tmp_path}/table4/mnli/kd" in kd
+    assert "hydra.sweep.subdir=seed${seed}" in kd
+    assert ["method=mpdistil", "method.meta_loss=col,com", "method.reward=binary,real"] == mpd[3:6]
+    assert "hydra.sweep.subdir=seed${seed}/${method.meta_loss}_${method.reward}" in mpd
     assert not (tmp_path / "table4").exists()
 
 
 def test_ablation_dry_run_always_includes_the_full_method() -> None:
-    out = tables_py("run", "ablation", "--settings", "meta_pilot", "--tasks", "cb", "--seeds", "1", "--dry-run")
+    out = tables_py("run", "ablation", "--settings", "meta_pilot", "metadistil", "--tasks", "cb", "--seeds", "1",
+                    "--dry-run")
     assert out.returncode == 0, out.stderr
     cmds = out.stdout.strip().splitlines()[:-1]
-    assert [re.search(r"experiment_name=(\S+)", c).group(1) for c in cmds] == ["ablation/full", "ablation/meta_pilot"]
+    assert [re.search(r"experiment_name=(\S+)", c).group(1) for c in cmds] == [
+        "ablation/full", "ablation/meta_pilot", "ablation/metadistil"]
     assert "experiment=cpu_repro" in cmds[1] and "method.meta_objective=pilot" in cmds[1]
+    assert "method=metadistil" in cmds[2]
     bad = tables_py("run", "ablation", "--settings", "nope", "--dry-run")
     assert bad.returncode == 2 and "unknown ablation setting" in bad.stderr
 
@@ -415,15 +419,15 @@ def test_cpu_repro_table_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
                     timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     results = sorted(p.relative_to(root).as_posix() for p in root.rglob("results.json"))
-    assert results == ["cpu_repro/kd/cb/seed1/pkd/results.json",
-                       *[f"cpu_repro/mpdistil/cb/seed1/{v}/results.json"
+    assert results == ["cpu_repro/cb/kd/seed1/results.json",
+                       *[f"cpu_repro/cb/mpdistil/seed1/{v}/results.json"
                          for v in ("col_binary", "col_real", "com_binary", "com_real")]]
-    config = json.loads((root / "cpu_repro/mpdistil/cb/seed1/com_real/config.json").read_text())
+    config = json.loads((root / "cpu_repro/cb/mpdistil/seed1/com_real/config.json").read_text())
     assert (config["experiment_name"], config["method"]["meta_loss"], config["method"]["reward"]) == (
         "cpu_repro", "com", "real")
     assert config["model"]["name"] == "tiny" and config["method"]["episodes"] == 2
     sweeps = [json.loads(line) for line in (root / "cpu_repro" / "sweeps.jsonl").read_text().splitlines()]
-    assert [(s["sweep"], s["returncode"]) for s in sweeps] == [("kd", 0), ("mpdistil", 0)]
+    assert [(s["sweep"], s["returncode"]) for s in sweeps] == [("cb/kd", 0), ("cb/mpdistil", 0)]
 
     rendered = tables_py("render", "cpu_repro", str(root / "cpu_repro"))
     assert rendered.returncode == 0, rendered.stderr
