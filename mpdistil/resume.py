@@ -12,6 +12,7 @@ files are deleted after it, so a kill at any moment leaves one complete checkpoi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -20,7 +21,7 @@ import signal
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ FORMAT = 1
 NOT_PART_OF_THE_RUN = ("resume", "logger", "experiment_name", "data_dir", "cache_dir", "task.data_dir",
                        "trainer.progress", "trainer.checkpoint_every", "trainer.keep_checkpoint",
                        "trainer.num_threads", "trainer.reuse_cache", "trainer.save_student", "trainer.save_teacher")
-KILL_ENV = "MPDISTIL_KILL_AT"
+KILL_ENV, KILL_SIGNAL_ENV = "MPDISTIL_KILL_AT", "MPDISTIL_KILL_SIGNAL"
 
 
 class CheckpointError(ConfigError):
@@ -43,9 +44,22 @@ class CheckpointError(ConfigError):
 
 
 def kill_point(where: str) -> None:
-    """Test hook: ``MPDISTIL_KILL_AT=<where>`` SIGKILLs the run here, as a pre-emption would."""
+    """Test hook: ``MPDISTIL_KILL_AT=<where>`` SIGKILLs the run here, as a node failure would
+    (``MPDISTIL_KILL_SIGNAL=SIGUSR2``: signals it as SLURM does before a pre-emption)."""
     if os.environ.get(KILL_ENV) == where:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Pre-emption (SIGTERM, submitit's USR1/USR2) and Ctrl-C wait until a checkpoint is complete, so the
+    requeue handler never cuts one short; SIGKILL cannot wait, and then the previous checkpoint stays."""
+    deferred = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass
@@ -119,11 +133,12 @@ class Checkpoint:
             "rng": rng_state(),
         }
         name = f"state-g{position.group}-e{position.epoch}.pt"
-        atomic_torch_save(blob, self.folder / name)
-        _write_json_durably(self.folder / "meta.json", {
-            "format": FORMAT, "file": name, "sha256": file_checksum(self.folder / name),
-            "position": asdict(position), "config_hash": self.config_hash, "data": self.data,
-            "config": self.identity})
+        with signals_deferred():
+            atomic_torch_save(blob, self.folder / name)
+            _write_json_durably(self.folder / "meta.json", {
+                "format": FORMAT, "file": name, "sha256": file_checksum(self.folder / name),
+                "position": asdict(position), "config_hash": self.config_hash, "data": self.data,
+                "config": self.identity})
         for old in self.folder.glob("state-*.pt"):
             if old.name != name:
                 old.unlink(missing_ok=True)

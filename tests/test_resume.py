@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from mpdistil.resume import KILL_ENV, CheckpointError
+from mpdistil.config import ConfigError
+from mpdistil.resume import KILL_ENV, KILL_SIGNAL_ENV, CheckpointError
 from tests.conftest import shared_data_or_skip
 from tests.helpers import FAST, REPO, run_cfg
 
@@ -96,12 +97,11 @@ def test_truncated_checkpoint_is_refused_with_one_line(kept_checkpoint):
     run_dir, args = kept_checkpoint
     state = next((run_dir / "checkpoint").glob("state-*.pt"))
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), *args, f"hydra.run.dir={run_dir}"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: checkpoint") and "corrupt" in line and f"delete {run_dir / 'checkpoint'}" in line
+    with pytest.raises(ConfigError) as refused:  # main.py prints a ConfigError as `error: <line>`, exit code 2
+        run_cfg(run_dir, *args)
+    line = str(refused.value)
+    assert isinstance(refused.value, CheckpointError) and "\n" not in line
+    assert line.startswith("checkpoint") and "corrupt" in line and f"delete {run_dir / 'checkpoint'}" in line
 
 
 def test_checkpoint_of_another_config_is_refused(kept_checkpoint):
@@ -115,3 +115,22 @@ def test_checkpoint_of_another_config_is_refused(kept_checkpoint):
 def test_resume_true_without_a_checkpoint_says_which_folder_to_pass(tmp_path, superglue):
     with pytest.raises(CheckpointError, match="holds no checkpoint; run with hydra.run.dir="):
         run_cfg(tmp_path, *TINY, "method=undistilled", f"data_dir={superglue}", "resume=true")
+
+
+@pytest.mark.slow
+def test_submitit_requeues_a_preempted_job_which_resumes(tmp_path, superglue):
+    """The launcher's checkpoint() resubmits the same job (same output dir); it finds the checkpoint and resumes.
+    submitit's local executor handles the pre-emption signal and the requeue as SLURM's does (bar scontrol)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    args = [*TINY, "method=undistilled", "method.student_epochs=3", f"data_dir={superglue}",
+            f"cache_dir={tmp_path / 'cache'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", KILL_ENV: "undistilled:0", KILL_SIGNAL_ENV: "SIGUSR2"}
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "-m", "hydra/launcher=submitit_local",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=job", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*_log.out"))
+    assert "this job is preempted" in log and "Requeued job" in log, log[-3000:]
+    assert f"resuming from {tmp_path / 'sweep' / 'job' / 'checkpoint'} (after epoch 1 of undistilled)" in log
+    run_cfg(tmp_path / "uninterrupted", *args)
+    assert comparable(tmp_path / "sweep" / "job") == comparable(tmp_path / "uninterrupted")

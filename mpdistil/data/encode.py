@@ -124,11 +124,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # after a node crash the rename never points at unwritten blocks
+        torch.save(obj, tmp)  # to a path, not a Python file: no Python code (signal handlers) runs mid-write
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # after a node crash the rename never points at unwritten blocks
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; caches are shared between users' jobs
         os.replace(tmp, path)
     finally:
