@@ -189,7 +189,7 @@ def verify_checkpoint(folder: Path, identity: dict[str, Any], required: bool) ->
     return meta
 
 
-def restore(ctx: Any, saved: dict[str, Any]) -> Position:
+def restore(ctx: Any, saved: dict[str, Any]) -> None:
     """Agents, records and RNG from a checkpoint; the agents must exist (``Phase.prepare``) beforehand."""
     modules = all_agents(ctx)
     missing = sorted(set(saved["agents"]) - set(modules))
@@ -206,7 +206,6 @@ def restore(ctx: Any, saved: dict[str, Any]) -> Position:
     if saved["scaler"] is not None and ctx.rt.scaler is not None:
         ctx.rt.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
-    return Position(**saved["position"])
 
 
 def _write_json_durably(path: Path, obj: Any) -> None:
