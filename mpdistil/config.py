@@ -124,6 +124,7 @@ class TrainerConfig:
     # resumable checkpoint in <run dir>/checkpoint/ every N epochs/episodes and after each phase group (0: never);
     # each one holds every agent, optimizer and best-so-far state, so for large models raise N
     checkpoint_every: int = 1
+    checkpoint_min_interval_s: float = 120.0  # at most one mid-phase checkpoint per interval (0: after every epoch)
     keep_checkpoint: bool = False  # keep it after the run has finished (deleted by default: results.json has it all)
 
 

@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -34,7 +35,8 @@ from mpdistil.data.encode import EncodedSplit, atomic_torch_save
 FORMAT = 1
 # Settings that change what a run shows, where it reads from or how often it saves, not what it computes.
 NOT_PART_OF_THE_RUN = ("resume", "logger", "experiment_name", "data_dir", "cache_dir", "task.data_dir",
-                       "trainer.progress", "trainer.checkpoint_every", "trainer.keep_checkpoint",
+                       "trainer.progress", "trainer.checkpoint_every", "trainer.checkpoint_min_interval_s",
+                       "trainer.keep_checkpoint",
                        "trainer.num_threads", "trainer.reuse_cache", "trainer.save_student", "trainer.save_teacher")
 KILL_ENV, KILL_SIGNAL_ENV = "MPDISTIL_KILL_AT", "MPDISTIL_KILL_SIGNAL"
 
@@ -111,17 +113,24 @@ def all_agents(ctx: Any) -> dict[str, torch.nn.Module]:
 class Checkpoint:
     """The run folder's checkpoint: written every ``every`` epochs/episodes and after each phase group."""
 
-    def __init__(self, folder: Path, identity: dict[str, Any], data: str, every: int) -> None:
+    def __init__(self, folder: Path, identity: dict[str, Any], data: str, every: int,
+                 min_interval_s: float = 0.0) -> None:
         self.folder, self.identity, self.data, self.every = Path(folder), identity, data, every
+        self.min_interval_s = min_interval_s
+        self.last_save = time.monotonic()
         self.config_hash = fingerprint(identity)
 
     def due(self, epoch: int, epochs: int) -> bool:
-        """After epoch ``epoch`` (0-based) of ``epochs``; the last one is covered by the group's checkpoint."""
-        return self.every > 0 and (epoch + 1) % self.every == 0 and epoch + 1 < epochs
+        """After epoch ``epoch`` (0-based) of ``epochs``, if ``min_interval_s`` has passed since the last one;
+        the last epoch is covered by the group's checkpoint. The interval keeps 200 short curriculum
+        episodes from writing 200 full checkpoints."""
+        return (self.every > 0 and (epoch + 1) % self.every == 0 and epoch + 1 < epochs
+                and time.monotonic() - self.last_save >= self.min_interval_s)
 
     def save(self, ctx: Any, position: Position, phases: list[Any]) -> None:
         if self.every <= 0:
             return
+        self.last_save = time.monotonic()
         mt = ctx.agents.get("meta_teacher")
         blob = {
             "format": FORMAT, "position": asdict(position),

@@ -174,7 +174,8 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     timings["data"] = time.perf_counter() - t
     data_fp = data_fingerprint({**splits, **{f"aux/{k}": a.quiz for k, a in aux.items()},
                                 **{f"ood/{k}": v for k, v in ood.items()}})
-    ckpt = Checkpoint(out_dir / "checkpoint", identity, data_fp, cfg.trainer.checkpoint_every)
+    ckpt = Checkpoint(out_dir / "checkpoint", identity, data_fp, cfg.trainer.checkpoint_every,
+                      cfg.trainer.checkpoint_min_interval_s)
     saved = ckpt.load(resumable) if resumable else None
 
     t = time.perf_counter()
