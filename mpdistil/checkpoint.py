@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from filelock import FileLock
 
-from mpdistil.data.encode import EncodedSplit, atomic_torch_save
+from mpdistil.atomic import torch_save, write_json
+from mpdistil.data.encode import EncodedSplit
 
 
 def fingerprint(obj: Any) -> str:
@@ -61,11 +61,9 @@ class CacheEntry:
 
     def save(self, state: dict[str, Any], record: dict[str, Any]) -> None:
         state_path = self.folder / "state.pt"
-        atomic_torch_save(state, state_path)
+        torch_save(state, state_path)
         meta = {"key": self.key, "checksum": file_checksum(state_path), "record": record}
-        tmp = self.folder / ".meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(tmp, self.folder / "meta.json")
+        write_json(self.folder / "meta.json", meta, indent=1)
 
 
 def teacher_cache_key(ctx: Any) -> dict[str, Any]:

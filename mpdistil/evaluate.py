@@ -8,7 +8,6 @@ each and the fidelity of the student to the teacher per dev split, and writes th
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -104,7 +103,7 @@ def main(argv: Sequence[str]) -> None:
         print("  fidelity " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in fid.items() if not isinstance(v, (list, str))))
     if args.get("out"):
-        from mpdistil.results import write_json
+        from mpdistil.atomic import write_json
 
         write_json(Path(args["out"]), report)
         print(f"written: {args['out']}")

@@ -1,11 +1,7 @@
 """results.json and the final table printed at the end of a run."""
 from __future__ import annotations
 
-import json
-import os
 import resource
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,24 +22,6 @@ def peak_memory() -> dict[str, float]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     return out
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic: a kill mid-write never leaves a truncated results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
 
 
 def _fmt(value: Any) -> str:

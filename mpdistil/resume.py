@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ from omegaconf import OmegaConf
 
 from mpdistil.checkpoint import file_checksum, fingerprint, split_fingerprint
 from mpdistil.config import ConfigError
-from mpdistil.data.encode import EncodedSplit, atomic_torch_save
+from mpdistil.atomic import torch_save, write_json
+from mpdistil.data.encode import EncodedSplit
 
 FORMAT = 1
 # Settings that change what a run shows, where it reads from or how often it saves, not what it computes.
@@ -143,8 +143,8 @@ class Checkpoint:
         }
         name = f"state-g{position.group}-e{position.epoch}.pt"
         with signals_deferred():
-            atomic_torch_save(blob, self.folder / name)
-            _write_json_durably(self.folder / "meta.json", {
+            torch_save(blob, self.folder / name)
+            write_json(self.folder / "meta.json", indent=1, obj={
                 "format": FORMAT, "file": name, "sha256": file_checksum(self.folder / name),
                 "position": asdict(position), "config_hash": self.config_hash, "data": self.data,
                 "config": self.identity})
@@ -217,16 +217,3 @@ def restore(ctx: Any, saved: dict[str, Any]) -> None:
     set_rng_state(saved["rng"])
 
 
-def _write_json_durably(path: Path, obj: Any) -> None:
-    """Temp file, fsync, rename: after a crash the file is the old one or the new one, never a stub."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

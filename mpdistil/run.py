@@ -29,7 +29,8 @@ from mpdistil.loggers import build_logger
 from mpdistil.models.agent import build_agents, count_parameters
 from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
 from mpdistil.phases import PHASES
-from mpdistil.results import format_table, peak_memory, write_json
+from mpdistil.atomic import write_json
+from mpdistil.results import format_table, peak_memory
 from mpdistil.resume import (Checkpoint, Position, data_fingerprint, kill_point, restore, run_identity, set_rng_state,
                              verify_checkpoint)
 from mpdistil.training import Runtime, resolve_device
@@ -372,12 +373,13 @@ def export(ctx: RunContext, student: torch.nn.Module) -> dict[str, Any]:
     from mpdistil.training import predict, predictions_from_logits
 
     outputs: dict[str, Any] = {}
-    if ctx.cfg.trainer.save_student:
-        folder = ctx.out_dir / "student"
-        student.hf.save_pretrained(folder)
-        load_tokenizer(resolve_model_source(ctx.cfg.model.tokenizer or ctx.cfg.model.teacher)[0]).save_pretrained(
-            folder)
-        outputs["student"] = str(folder)
+    tokenizer = load_tokenizer(resolve_model_source(ctx.cfg.model.tokenizer or ctx.cfg.model.teacher)[0])
+    for name, agent, wanted in (("student", student, ctx.cfg.trainer.save_student),
+                                ("teacher", ctx.teacher, ctx.cfg.trainer.save_teacher)):
+        if wanted:
+            agent.hf.save_pretrained(ctx.out_dir / name)
+            tokenizer.save_pretrained(ctx.out_dir / name)
+            outputs[name] = str(ctx.out_dir / name)
     if ctx.cfg.eval.write_test_predictions:
         spec = get_task_spec(ctx.task.name, ctx.cfg.task)
         files = []

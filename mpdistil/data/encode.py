@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -13,6 +11,7 @@ import torch
 from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
+from mpdistil.atomic import torch_save
 from mpdistil.data.types import Example
 
 
@@ -85,7 +84,7 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Examp
                 blob = _read_cache(cache_file)
                 if blob is None:
                     blob = _encode(tokenizer, examples, kind, max_length)
-                    atomic_torch_save(blob, cache_file)
+                    torch_save(blob, cache_file)
     return EncodedSplit(task, name, kind, blob["input_ids"], blob["token_type_ids"], blob["labels"], list(examples))
 
 
@@ -117,26 +116,6 @@ def _encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], kin
         dtype = torch.float32 if kind == "regression" else torch.long
         labels = torch.tensor([ex.label for ex in examples], dtype=dtype)
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file beside the target, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)  # to a path, not a Python file: no Python code (signal handlers) runs mid-write
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # after a node crash the rename never points at unwritten blocks
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; caches are shared between users' jobs
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _pad(seqs: Sequence[Sequence[int]], width: int, value: int) -> list[list[int]]:

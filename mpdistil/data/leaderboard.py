@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from mpdistil.atomic import write_text
 from mpdistil.data.registry import TaskSpec
 
 
@@ -46,19 +46,6 @@ def _format(pred: Any, style: str, kind: str, names: Sequence[str]) -> Any:
     return name
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_test_predictions(
     spec: TaskSpec,
     split_name: str,
@@ -87,5 +74,5 @@ def write_test_predictions(
         header = "index\tprediction" if spec.benchmark == "glue" else "uid\tprediction"
         body = [f"{uid}\t{value!r}" if isinstance(value, float) else f"{uid}\t{value}" for uid, value in rows]
         text = "\n".join([header, *body]) + "\n"
-    _write_atomic(path, text)
+    write_text(path, text)
     return path

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mpdistil.atomic import write_bytes
 from mpdistil.data.io import read_tsv, row_error
 from mpdistil.data.registry import TaskSpec, cfg_get, register_task, replace_spec, resolve_path
 from mpdistil.data.types import DataError, Example, TaskData
@@ -51,20 +52,6 @@ def corpus_file(domain: str) -> str:
 
 def _offline_fix() -> str:
     return "task.data_dir=<folder holding the *_GroundTruth.txt files> works offline"
-
-
-def _write_atomic(target: Path, payload: bytes) -> None:
-    """Temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _download_sdist(downloads: Path) -> Path:
@@ -112,7 +99,7 @@ def _extract_corpora(sdist: Path, target: Path) -> None:
         raise DataError(f"{sdist} lacks {', '.join(sorted(missing))}; {_offline_fix()}")
     target.mkdir(parents=True, exist_ok=True)
     for name, payload in found.items():
-        _write_atomic(target / name, payload)
+        write_bytes(target / name, payload)
 
 
 def fetch_corpora(cache_dir: str) -> Path:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
+from mpdistil.atomic import write_json
 from mpdistil.data.types import Example, TaskData
 
 T = TypeVar("T")
@@ -136,21 +136,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_split_indices(path: os.PathLike | str, indices: Mapping[str, Any]) -> Path:
-    """Write the split indices as JSON, atomically (temp file, then os.replace) so a crash never leaves half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(indices), fh, indent=1)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    """Write the split indices as JSON, atomically, so a crash never leaves half a file."""
+    return write_json(path, _jsonable(indices), indent=1)
 
 
 def load_split_indices(path: os.PathLike | str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from mpdistil.data.encode import EncodedSplit, model_inputs
 from mpdistil.losses import curriculum_student_loss, hard_loss, label_score, reinforce_loss, reward
