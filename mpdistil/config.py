@@ -47,6 +47,8 @@ class TaskConfig:
     text_fields: list[str] = field(default_factory=list)
     label_field: Optional[str] = None
     type: str = "classification"
+    # natural curriculum actions for this task (method.curriculum_tasks defaults to them)
+    partners: list[str] = field(default_factory=list)
 
 
 @dataclass
