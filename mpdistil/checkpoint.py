@@ -83,11 +83,17 @@ CURRICULUM_ONLY = ("curriculum", "curriculum_tasks", "reward", "episodes", "epis
                    "policy_state", "curriculum_lr", "authors_episode_update", "phases", "name")
 
 
+UNDISTILLED_FIELDS = ("student_epochs", "student_lr", "authors_no_dropout")
+
+
 def student_cache_key(ctx: Any, group: str) -> dict[str, Any]:
     """Everything that shapes a student trained by a distill/undistilled group (not the curriculum's switches),
     so ablations over phase-4 settings reuse phases 1–3."""
     c = ctx.cfg
-    method = {k: v for k, v in c.method.items() if k not in CURRICULUM_ONLY}
+    if group == "undistilled":  # labels only: the same baseline serves every method
+        method = {k: c.method[k] for k in UNDISTILLED_FIELDS}
+    else:
+        method = {k: v for k, v in c.method.items() if k not in CURRICULUM_ONLY}
     return {"teacher": teacher_cache_key(ctx), "group": group, "method": method,
             "model": {k: c.model[k] for k in ("student", "student_layers", "config_overrides")},
             "batch": c.trainer.batch_size, "cache_outputs": c.trainer.cache_teacher_outputs}
