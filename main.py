@@ -15,11 +15,13 @@ register_configs()
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """Returns the final student's selection-split score, the objective of `hydra/sweeper=optuna_search`."""
+    from mpdistil.results import final_score
     from mpdistil.run import run
 
     with fail_cleanly():
-        run(cfg)
+        return final_score(run(cfg))
 
 
 if __name__ == "__main__":

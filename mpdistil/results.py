@@ -16,6 +16,14 @@ ROW_TITLES = {
 }
 
 
+def final_score(results: dict[str, Any]) -> float:
+    """The final student's main metric on the selection split: what a hyperparameter sweeper maximises."""
+    agents = results["agents"]
+    row = next(r for r in ("mpdistil", "student", "undistilled", "teacher") if r in agents)
+    split = "quiz" if results["selection_split"] == "quiz" else next(s for s in agents[row] if s.startswith("dev"))
+    return float(agents[row][split][results["task"]["main_metric"]])
+
+
 def peak_memory() -> dict[str, float]:
     """Peak resident memory of this process (and peak CUDA memory when a GPU was used), in MB."""
     out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}

@@ -108,6 +108,9 @@ def test_selection_on_quiz_is_recorded(tmp_path, superglue):
                       "trainer.selection_split=quiz")
     assert results["selection_split"] == "quiz"
     assert "accuracy" in results["phases"]["undistilled"]["selection"]
+    from mpdistil.results import final_score
+
+    assert final_score(results) == results["agents"]["undistilled"]["quiz"]["accuracy"]
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, superglue):
