@@ -156,3 +156,24 @@ def test_real_minilm_smoke(tmp_path, superglue):
                       "task.max_train_examples=32", "task.max_eval_examples=16", "task.max_length=64")
     assert results["model"]["teacher_layers"] == 6 and results["model"]["student_layers"] == 3
     assert np.isfinite(results["agents"]["student"]["dev"]["accuracy"])
+
+
+def test_out_of_domain_tasks_report_the_gap(tmp_path):
+    root = shared_data_or_skip()
+    if not (root / "glue" / "RTE").is_dir():
+        pytest.skip(f"GLUE RTE not found under {root}")
+    results = run_cfg(tmp_path, "task=rte", f"data_dir={root}", "model=tiny", "method=kd",
+                      "eval.ood_tasks=[glue_rte]")
+    ood = results["ood"]["glue_rte"]
+    assert set(ood) == {"teacher", "undistilled", "student"}
+    for row, metrics in ood.items():
+        home = results["agents"][row]["dev"]["accuracy"]
+        assert metrics["gap"] == pytest.approx(home - metrics["accuracy"])
+
+
+def test_out_of_domain_task_with_other_labels_is_refused(tmp_path, superglue):
+    from mpdistil.config import ConfigError
+
+    with pytest.raises(ConfigError, match="same label scheme"):
+        run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=undistilled",
+                "eval.ood_tasks=[rte]")
