@@ -17,11 +17,21 @@ register_configs()
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Returns the final student's selection-split score, the objective of `hydra/sweeper=optuna_search`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from mpdistil.results import final_score
     from mpdistil.run import run
+    from mpdistil.training import NonFiniteLossError
 
     with fail_cleanly():
-        return final_score(run(cfg))
+        try:
+            return final_score(run(cfg))
+        except NonFiniteLossError as exc:
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                raise
+            print(f"error: {exc}", file=sys.stderr)  # a diverged trial is recorded; the sweep goes on
+            return float("nan")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,23 @@ class Phase:
         """Release what ``start`` holds (locks), also when the group failed."""
 
 
+class TrainingPhase(Phase):
+    """A phase that trains with optimizers, keeps a best state (``self.best``) and a ``self.history``:
+    its checkpoint state is those, named by ``optimizers``."""
+
+    optimizers: tuple[str, ...] = ("opt",)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name).state_dict() for name in self.optimizers},
+                "best": self.best.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.optimizers:
+            getattr(self, name).load_state_dict(state[name])
+        self.best.load_state_dict(state["best"])
+        self.history = state["history"]
+
+
 def _load_all() -> None:
     from mpdistil.phases import curriculum, distill, meta_teacher, metadistil, teacher  # noqa: F401
 

@@ -16,12 +16,12 @@ from tqdm.auto import tqdm
 
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss, layer_map
-from mpdistil.phases import Phase, register_phase
+from mpdistil.phases import TrainingPhase, register_phase
 from mpdistil.training import BestKeeper
 
 
 @register_phase("distill")
-class DistillPhase(Phase):
+class DistillPhase(TrainingPhase):
     distilled = True
 
     def agent(self, ctx: Any) -> nn.Module:
@@ -88,14 +88,6 @@ class DistillPhase(Phase):
         self.best.restore(self.model)
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "alpha": self.alpha, "beta": self.beta}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "best": self.best.state_dict(), "history": self.history}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
-        self.best.load_state_dict(state["best"])
-        self.history = state["history"]
 
 
 @register_phase("undistilled")

@@ -16,13 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from mpdistil.losses import META_LOSSES
-from mpdistil.phases import Phase, register_phase
+from mpdistil.phases import TrainingPhase, register_phase
 from mpdistil.pilot import apply_gradient, pilot_gradient
 from mpdistil.training import BestKeeper, predict
 
 
 @register_phase("meta_teacher")
-class MetaTeacherPhase(Phase):
+class MetaTeacherPhase(TrainingPhase):
     def epochs(self, ctx: Any) -> int:
         return ctx.cfg.method.student_epochs
 
@@ -101,11 +101,3 @@ class MetaTeacherPhase(Phase):
         self.best.restore(self.mt)
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "meta_loss": ctx.cfg.method.meta_loss, "meta_objective": ctx.cfg.method.meta_objective}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict(), "best": self.best.state_dict(), "history": self.history}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
-        self.best.load_state_dict(state["best"])
-        self.history = state["history"]

@@ -17,13 +17,15 @@ from tqdm.auto import tqdm
 
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss
-from mpdistil.phases import Phase, register_phase
+from mpdistil.phases import TrainingPhase, register_phase
 from mpdistil.pilot import apply_gradient, pilot_gradient
 from mpdistil.training import BestKeeper
 
 
 @register_phase("metadistil")
-class MetaDistilPhase(Phase):
+class MetaDistilPhase(TrainingPhase):
+    optimizers = ("opt_teacher", "opt_student")
+
     def epochs(self, ctx: Any) -> int:
         return ctx.cfg.method.student_epochs
 
@@ -89,13 +91,3 @@ class MetaDistilPhase(Phase):
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "pilot_lr": ctx.cfg.method.pilot_lr, "unroll_steps": ctx.cfg.method.unroll_steps,
                 "first_order": ctx.cfg.method.first_order, "backend": ctx.cfg.method.meta_backend}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt_teacher": self.opt_teacher.state_dict(), "opt_student": self.opt_student.state_dict(),
-                "best": self.best.state_dict(), "history": self.history}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt_teacher.load_state_dict(state["opt_teacher"])
-        self.opt_student.load_state_dict(state["opt_student"])
-        self.best.load_state_dict(state["best"])
-        self.history = state["history"]

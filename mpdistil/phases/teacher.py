@@ -14,12 +14,12 @@ from tqdm.auto import tqdm
 from mpdistil.checkpoint import CacheEntry, teacher_cache_key
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import hard_loss
-from mpdistil.phases import Phase, register_phase
+from mpdistil.phases import TrainingPhase, register_phase
 from mpdistil.training import BestKeeper
 
 
 @register_phase("teacher")
-class TeacherPhase(Phase):
+class TeacherPhase(TrainingPhase):
     def start(self, ctx: Any) -> None:
         self.entry = CacheEntry(ctx.cache_dir, "teachers", teacher_cache_key(ctx))
         self.entry.lock.acquire()  # concurrent jobs wanting the same teacher wait here, then reuse it
@@ -68,16 +68,11 @@ class TeacherPhase(Phase):
         return {**record, "cached": False, "cache": str(self.entry.folder)}
 
     def state_dict(self) -> dict[str, Any]:
-        if self.cached_record is not None:
-            return {}
-        return {"opt": self.opt.state_dict(), "best": self.best.state_dict(), "history": self.history}
+        return {} if self.cached_record is not None else super().state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.cached_record is not None:
-            return  # another job finished this teacher meanwhile: its cached copy is the same teacher
-        self.opt.load_state_dict(state["opt"])
-        self.best.load_state_dict(state["best"])
-        self.history = state["history"]
+        if self.cached_record is None:  # else another job finished this teacher meanwhile: same teacher
+            super().load_state_dict(state)
 
     def close(self, ctx: Any) -> None:
         entry = getattr(self, "entry", None)
