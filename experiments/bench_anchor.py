@@ -30,7 +30,7 @@ CONFIGS = {"cb_only": "[]", "cb+4": "[rte,copa,wic,wsc]"}
 
 def overrides(data_dir: str, seed: int, tasks: str, extra: list[str]) -> list[str]:
     return [
-        "task=cb", f"data_dir={data_dir}", "model=minilm", "method=mpdistil", "experiment=null", "logger=none",
+        "task=cb", f"data_dir={data_dir}", "model=minilm", "method=mpdistil", "experiment=paper", "logger=none",
         "method.phases=[teacher,distill+meta_teacher,curriculum]", "method.teacher_epochs=10",
         "method.student_epochs=10", "method.episodes=200", "trainer.batch_size=8", "task.max_length=128",
         f"method.curriculum_tasks={tasks}", f"seed={seed}", "trainer.progress=false", "trainer.reuse_cache=false",

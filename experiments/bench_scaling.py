@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-COMMON = ["model=minilm", "method=mpdistil", "experiment=null", "logger=none", "trainer.progress=false",
+COMMON = ["model=minilm", "method=mpdistil", "experiment=paper", "logger=none", "trainer.progress=false",
           "trainer.reuse_cache=false", "eval.attribution=none", "eval.write_test_predictions=false",
           "method.phases=[teacher,distill+meta_teacher,curriculum]", "method.teacher_epochs=1",
           "method.student_epochs=1", "trainer.batch_size=8", "task.max_length=128"]

@@ -74,7 +74,7 @@ def teacher_cache_key(ctx: Any) -> dict[str, Any]:
         "task": ctx.task.name, "train": split_fingerprint(ctx.splits["train"]),
         "selection": split_fingerprint(ctx.splits[ctx.selection_split]), "seed": c.seed,
         "epochs": c.method.teacher_epochs, "lr": c.method.teacher_lr, "batch": c.trainer.batch_size,
-        "precision": c.trainer.precision, "clip": c.trainer.grad_clip, "wd": c.trainer.weight_decay,
+        "bucket": c.trainer.length_bucket, "precision": c.trainer.precision, "clip": c.trainer.grad_clip, "wd": c.trainer.weight_decay,
         "dropout_off": c.method.authors_no_dropout,
     }
 
@@ -96,4 +96,4 @@ def student_cache_key(ctx: Any, group: str) -> dict[str, Any]:
         method = {k: v for k, v in c.method.items() if k not in CURRICULUM_ONLY}
     return {"teacher": teacher_cache_key(ctx), "group": group, "method": method,
             "model": {k: c.model[k] for k in ("student", "student_layers", "config_overrides")},
-            "batch": c.trainer.batch_size, "cache_outputs": c.trainer.cache_teacher_outputs}
+            "batch": c.trainer.batch_size, "bucket": c.trainer.length_bucket, "cache_outputs": c.trainer.cache_teacher_outputs}

@@ -112,6 +112,8 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     batch_size: int = 8
     eval_batch_size: int = 64
+    # training batches of similar length (chunks of this many shuffled batches sorted by length; 1: plain shuffle)
+    length_bucket: int = 8
     grad_clip: float = 1.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.0
@@ -236,7 +238,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"method.pilot_lr={m.pilot_lr} must be >= 0")
     if m.episode_length is not None and m.episode_length <= 0:
         raise ConfigError(f"method.episode_length={m.episode_length} must be a positive integer or null")
-    for key in ("batch_size", "eval_batch_size"):
+    for key in ("batch_size", "eval_batch_size", "length_bucket"):
         if _get(t, key) <= 0:
             raise ConfigError(f"trainer.{key}={_get(t, key)} must be a positive integer")
     if t.grad_clip < 0:

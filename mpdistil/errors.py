@@ -24,8 +24,11 @@ def check_presets(argv: Sequence[str], conf_dir: Path) -> None:
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
-        if not sep or key not in GROUPS or value in ("null", ""):
+        if not sep or key not in GROUPS or value == "":
             continue
+        if value == "null" and not arg.startswith("~"):
+            hint = "experiment=paper for the paper's hyperparameters, or " if key == "experiment" else ""
+            _die(f"{arg} cannot drop a config group on the command line; use {hint}~{key}")
         value = value.strip()
         for choice in value.strip("[]").split(","):
             if choice.startswith(("choice(", "range(", "glob(")):

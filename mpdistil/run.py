@@ -23,7 +23,7 @@ from mpdistil.context import AuxTask, RunContext, TaskInfo
 from mpdistil.data.encode import EncodedSplit, encode_examples
 from mpdistil.data.registry import get_task_spec, load_task, task_config_for
 from mpdistil.data.splits import quiz_split, save_split_indices, subsample, subsample_indices
-from mpdistil.data.types import TaskData
+from mpdistil.data.types import MissingTaskFiles, TaskData
 from mpdistil.evaluation import evaluate_ood, evaluate_row
 from mpdistil.loggers import build_logger
 from mpdistil.models.agent import build_agents, count_parameters
@@ -107,15 +107,33 @@ def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_di
     return info, splits, dev_names
 
 
+def partners_by_default(cfg: Any) -> bool:
+    """Whether method.curriculum_tasks is still the task's default partner list (not chosen by the user)."""
+    raw = OmegaConf.to_container(cfg.method, resolve=False).get("curriculum_tasks")
+    return isinstance(raw, str) and raw.replace(" ", "") == "${task.partners}"
+
+
 def prepare_aux_tasks(cfg: Any, names: list[str], data_dir: Optional[str], cache_dir: Path,
-                      tokenizer: Any) -> dict[str, AuxTask]:
-    """Curriculum actions: each other task's quiz split (9:1 of its train set, same seed)."""
+                      tokenizer: Any, skipped: Optional[dict[str, str]] = None) -> dict[str, AuxTask]:
+    """Curriculum actions: each other task's quiz split (9:1 of its train set, same seed).
+
+    With ``skipped`` (a dict), a task whose files are not in data_dir is left out and recorded there instead of
+    stopping the run: used for the default partner list, where e.g. a SuperGLUE folder without BoolQ should not
+    stop an RTE run. A list the user wrote is taken at its word: a missing task is an error."""
     aux: dict[str, AuxTask] = {}
     for name in names:
         if name == cfg.task.name:
             continue
         tcfg = task_config_for(name, data_dir=cfg.task.data_dir or data_dir, max_length=cfg.task.max_length)
-        data = load_task(tcfg, data_dir, cache_dir)
+        try:
+            data = load_task(tcfg, data_dir, cache_dir)
+        except MissingTaskFiles as exc:
+            if skipped is None:
+                raise
+            skipped[name] = str(exc)
+            print(f"curriculum: default partner {name} left out ({exc}); choose the actions with "
+                  f"method.curriculum_tasks=[...]", flush=True)
+            continue
         info = task_info(data, tcfg)
         _, qz = quiz_split(_labels(data.train), tcfg.quiz_fraction, cfg.seed, info.kind != "regression")
         aux[name] = AuxTask(info, encode_examples(tokenizer, [data.train[i] for i in qz], name, "quiz", info.kind,
@@ -169,8 +187,11 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     info, splits, dev_names = prepare_main_task(cfg, data_dir, cache_dir, out_dir, tokenizer, data_info)
     groups = phase_groups(cfg)
     wants_curriculum = any("curriculum" in g for g in groups) and cfg.method.curriculum
-    aux = prepare_aux_tasks(cfg, list(cfg.method.curriculum_tasks), data_dir, cache_dir, tokenizer) \
-        if wants_curriculum else {}
+    skipped: dict[str, str] = {}
+    aux = prepare_aux_tasks(cfg, list(cfg.method.curriculum_tasks), data_dir, cache_dir, tokenizer,
+                            skipped if partners_by_default(cfg) else None) if wants_curriculum else {}
+    if skipped:
+        data_info["curriculum_tasks_left_out"] = skipped
     ood = prepare_ood(cfg, data_dir, cache_dir, tokenizer, info) if cfg.eval.ood_tasks else {}
     timings["data"] = time.perf_counter() - t
     data_fp = data_fingerprint({**splits, **{f"aux/{k}": a.quiz for k, a in aux.items()},
@@ -184,7 +205,7 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
                                              cfg.seed)
     rt = Runtime(resolve_device(cfg.trainer.device), cfg.trainer.precision, cfg.trainer.grad_clip,
                  cfg.trainer.weight_decay, cfg.trainer.eval_batch_size, tokenizer.pad_token_id or 0,
-                 cfg.trainer.progress)
+                 cfg.trainer.progress, bucket=cfg.trainer.length_bucket)
     teacher.to(rt.device)
     student.to(rt.device)
     timings["models"] = time.perf_counter() - t

@@ -41,6 +41,7 @@ def test_impossible_values_are_refused(override, needle):
     (["task=nosuchtask"], "unknown task preset 'nosuchtask'"),
     (["method=distill_everything"], "unknown method preset"),
     (["model=gpt9"], "unknown model preset"),
+    (["experiment=null"], "use experiment=paper"),
     (["method.alpha=2"], "method.alpha=2"),
     (["method.temperature=-1"], "method.temperature"),
     (["task=cb", "data_dir=/no/such/folder"], "/no/such/folder"),

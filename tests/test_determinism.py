@@ -33,3 +33,14 @@ def test_seeded_runs_are_identical_and_cached_phases_change_nothing(tmp_path, de
 
     run_cfg(tmp_path / "d", *args, "seed=7")
     assert comparable(tmp_path / "d")["phases"] != comparable(tmp_path / "a")["phases"]  # the check can fail
+
+
+def test_caching_frozen_teacher_outputs_is_invisible_in_results(tmp_path, deterministic_flags_restored):
+    """The speed-ups of issue 8 must not change a number: the same seeded run with the frozen teacher's outputs
+    cached once per run and recomputed at every use gives identical metrics, histories and weights."""
+    superglue = shared_data_or_skip("superglue")
+    args = [*TINY, f"data_dir={superglue}", "method=mpdistil", "method.curriculum_tasks=[rte]",
+            "method.episode_length=3", "trainer.deterministic=true", "trainer.reuse_cache=false"]
+    run_cfg(tmp_path / "on", *args, "trainer.cache_teacher_outputs=true")
+    run_cfg(tmp_path / "off", *args, "trainer.cache_teacher_outputs=false")
+    assert comparable(tmp_path / "off") == comparable(tmp_path / "on")

@@ -99,3 +99,27 @@ def test_missing_model_folder_and_offline_hub_are_clear(monkeypatch):
     cfg = OmegaConf.structured(ModelConfig(name="x", teacher="no-such-org/no-such-model", student_layers=1))
     with pytest.raises(ConfigError, match="HF hub"):
         build_agents(cfg, "t", "classification", 2, ["a", "b"], seed=0)
+
+
+@pytest.mark.parametrize("kind", ["classification", "multiple_choice"])
+def test_dynamic_padding_gives_the_logits_of_full_padding(tokenizer, kind):
+    """Padding each batch to its own longest member (what training and evaluation do) changes no output."""
+    mc = kind == "multiple_choice"
+    teacher, _, _ = build_agents(tiny_cfg(), "t", kind, 1 if mc else 2, [] if mc else ["a", "b"], seed=0)
+    teacher.eval()
+    if kind == "multiple_choice":
+        exs = [Example(0, [("a cat sat", "on a mat"), ("a cat sat", "in a hat")], 1),
+               Example(1, [("rain fell", "so we stayed in all day long"), ("rain fell", "so we swam")], 0)]
+    else:
+        exs = [Example(0, ("a short one",), 0), Example(1, ("a much longer sentence than the first", "pair"), 1)]
+    split = encode_examples(tokenizer, exs, "t", "dev", kind, 128)
+    dynamic = collate(split, [0, 1], tokenizer.pad_token_id)
+    full = collate(split, [0, 1], tokenizer.pad_token_id, pad_to=128)
+    assert dynamic["input_ids"].shape[-1] < 128 == full["input_ids"].shape[-1]
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    with torch.no_grad():
+        a = teacher(**{k: dynamic[k] for k in keys}, output_hidden=True)
+        b = teacher(**{k: full[k] for k in keys}, output_hidden=True)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    for cls_a, cls_b in zip(a.cls_states, b.cls_states):
+        torch.testing.assert_close(cls_a, cls_b, atol=1e-5, rtol=1e-5)

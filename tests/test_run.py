@@ -177,3 +177,18 @@ def test_out_of_domain_task_with_other_labels_is_refused(tmp_path, superglue):
     with pytest.raises(ConfigError, match="same label scheme"):
         run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=undistilled",
                 "eval.ood_tasks=[rte]")
+
+
+def test_default_partners_without_files_are_left_out_but_a_chosen_task_must_exist(tmp_path, superglue):
+    """The shared SuperGLUE folder has no BoolQ: the default actions of RTE go on without it, recorded;
+    a curriculum list the user wrote that names BoolQ stops with the data error before training."""
+    from mpdistil.data.types import DataError
+
+    common = ("task=rte", f"data_dir={superglue}", "model=tiny", "method=mpdistil", "method.episode_length=2",
+              "method.phases=[teacher,distill+meta_teacher,curriculum]")
+    results = run_cfg(tmp_path / "default", *common)
+    assert results["phases"]["curriculum"]["tasks"] == ["rte", "cb", "copa", "wic", "wsc"]
+    assert list(results["task"]["curriculum_tasks_left_out"]) == ["boolq"]
+    with pytest.raises(DataError, match="BoolQ"):
+        run_cfg(tmp_path / "chosen", *common, "method.curriculum_tasks=[boolq,cb]")
+    assert not (tmp_path / "chosen" / "results.json").exists()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 from mpdistil.data.io import PathLike, row_error
-from mpdistil.data.types import DataError, Example, Kind, TaskData
+from mpdistil.data.types import DataError, Example, Kind, MissingTaskFiles, TaskData
 
 # (file, split name, spec) -> examples of that split
 LocalReader = Callable[[Path, str, "TaskSpec"], list[Example]]
@@ -212,7 +212,7 @@ def locate_task_dir(spec: TaskSpec, data_dir: PathLike) -> Path:
         if (cand / train).is_file():
             return cand
     looked = [str(root / folder), str(root / spec.benchmark / folder), str(root)]
-    raise DataError(
+    raise MissingTaskFiles(
         f"no {folder}/{train} for task {spec.name} under {root} (looked in {', '.join(looked)}); "
         f"set data_dir=<folder holding {folder}/ or {spec.benchmark}/{folder}/>"
     )

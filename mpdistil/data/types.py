@@ -50,3 +50,7 @@ class TaskData:
 
 class DataError(ValueError):
     """A data file or folder that does not fit the task, reported as one line (file, line, fix)."""
+
+
+class MissingTaskFiles(DataError):
+    """data_dir holds no files for a task (as opposed to files that are there but wrong)."""

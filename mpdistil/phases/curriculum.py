@@ -30,7 +30,8 @@ class CurriculumPhase(Phase):
     def prepare(self, ctx: Any) -> None:
         """The auxiliary tasks' heads on the student and the policy (a resumed run loads their weights after)."""
         m, student = ctx.cfg.method, ctx.student
-        self.tasks = [ctx.task.name] + [t for t in m.curriculum_tasks if t != ctx.task.name]
+        # default partners without files were left out by run.prepare_aux_tasks (recorded in results.json)
+        self.tasks = [ctx.task.name] + [t for t in m.curriculum_tasks if t != ctx.task.name and t in ctx.aux]
         self.kinds = {ctx.task.name: ctx.task.kind}
         self.quiz: dict[str, EncodedSplit] = {ctx.task.name: ctx.splits["quiz"]}
         for name in self.tasks[1:]:
