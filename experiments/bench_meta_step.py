@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mpdistil.meta import MetaStepConfig, meta_gradient  # noqa: E402
+from mpdistil.training import Runtime  # noqa: E402
 
 MODES = ("plain", "so-higher", "so-func", "fo-higher", "fo-func")
 NUM_LABELS = 3
@@ -118,8 +119,9 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     def outer(forward: Any, b: dict[str, Any]) -> torch.Tensor:
         return nn.functional.cross_entropy(forward(**b["inputs"]).logits, b["labels"])
 
-    student_opt = torch.optim.AdamW(student.parameters(), lr=3e-5)
-    meta_opt = torch.optim.AdamW(meta_teacher.parameters(), lr=1e-3)
+    rt = Runtime(device)  # the optimizer every phase uses (fused AdamW)
+    student_opt = rt.optimizer(student.parameters(), 3e-5)
+    meta_opt = rt.optimizer(meta_teacher.parameters(), 1e-3)
 
     def plain_step() -> None:
         student_opt.zero_grad(set_to_none=True)

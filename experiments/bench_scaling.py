@@ -1,7 +1,8 @@
 """How cost grows: wall time against training-set size and against the number of curriculum tasks.
 
-Sizes: CB (250), RTE (2,490) and a 10k-example SST-2 subset, one teacher epoch, one distillation
-epoch with its meta-teacher pass, a few curriculum episodes. Tasks: CB as the main task with 0 to 4
+Sizes: CB (250), RTE (2,490) and SST-2 subsets of 2.5k, 5k and 10k examples, one teacher epoch, one
+distillation epoch with its meta-teacher pass, a few curriculum episodes (each a pass over the quiz
+split, so also linear in size); the line is fitted over the SST-2 subsets. Tasks: CB as the main task with 0 to 4
 other SuperGLUE tasks as curriculum actions, fixed episodes. Each point is a fresh run (nothing
 cached). Writes a JSON and a two-panel plot with a least-squares line per panel.
 
@@ -48,17 +49,31 @@ def fit(xs: list[float], ys: list[float]) -> dict:
     return {"slope": float(slope), "intercept": float(intercept), "r2": 1 - ss_res / ss_tot if ss_tot else 1.0}
 
 
+def meta_step_ratios(path: Path) -> dict:
+    """A k = 1 second-order meta step as a ratio to a plain distillation step, from bench_meta_step.py's JSON
+    (measured there, on one fixed batch, each mode in its own process); absent if that bench has not run."""
+    if not path.is_file():
+        return {"missing": f"{path.name}: run experiments/bench_meta_step.py first"}
+    res = json.loads(path.read_text())["results"]
+    return {"source": path.name, **{mode: {"time_ratio": round(r["time_ratio"], 2),
+                                           "memory_ratio": round(r["memory_ratio"], 2)}
+                                    for mode, r in res.items() if mode != "plain"}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", required=True, help="folder holding glue/ and superglue/ in the official layout")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "bench_scaling.json"))
+    ap.add_argument("--meta-step", default=str(REPO / "experiments" / "results" / "bench_meta_step.json"),
+                    help="bench_meta_step.py's JSON: its k=1 second-order step ratios go into this report")
     args = ap.parse_args()
     root = Path(args.data_dir).resolve()
     size_runs = {
         "cb": ["task=cb", f"data_dir={root / 'superglue'}"],
         "rte": ["task=rte", f"data_dir={root / 'superglue'}"],
-        "sst2_10k": ["task=sst2", f"data_dir={root / 'glue'}", "task.max_train_examples=10000"],
+        **{f"sst2_{n // 1000}k": ["task=sst2", f"data_dir={root / 'glue'}", f"task.max_train_examples={n}"]
+           for n in (2500, 5000, 10000)},
     }
     report: dict = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "size": {}, "tasks": {}}
     for name, ov in size_runs.items():
@@ -72,12 +87,16 @@ def main() -> None:
                        f"method.curriculum_tasks={tasks}"])
         report["tasks"][k + 1] = r
         print(f"{k + 1} curriculum tasks: {r}", flush=True)
-    xs = [r["train_examples"] for r in report["size"].values()]
-    ys = [r["wall_s"] for r in report["size"].values()]
+    # The fit is over the SST-2 subsets (one task, so one length distribution); CB and RTE, whose examples are
+    # several times longer, are plotted beside them.
+    sst = {k: r for k, r in report["size"].items() if k.startswith("sst2")}
+    xs = [r["train_examples"] for r in sst.values()]
+    ys = [r["wall_s"] for r in sst.values()]
     report["size_fit"] = fit(xs, ys)
     tx = [float(k) for k in report["tasks"]]
     ty = [r["phases_s"].get("curriculum", 0.0) for r in report["tasks"].values()]
     report["tasks_fit"] = fit(tx, ty)
+    report["meta_step"] = meta_step_ratios(Path(args.meta_step))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
@@ -87,8 +106,12 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
-    a.plot(xs, ys, "o")
+    a.plot(xs, ys, "o", label="SST-2 subsets")
     a.plot(xs, np.polyval([report["size_fit"]["slope"], report["size_fit"]["intercept"]], xs), "--")
+    for name in ("cb", "rte"):
+        r = report["size"][name]
+        a.plot([r["train_examples"]], [r["wall_s"]], "s", label=name.upper())
+    a.legend()
     a.set_xlabel("training examples (train' + quiz)")
     a.set_ylabel("wall time of the run (s)")
     b.plot(tx, ty, "o")
@@ -97,7 +120,7 @@ def main() -> None:
     b.set_ylabel("curriculum phase (s)")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
-    print(json.dumps({"size_fit": report["size_fit"], "tasks_fit": report["tasks_fit"]}, indent=1))
+    print(json.dumps({k: report[k] for k in ("size_fit", "tasks_fit", "meta_step")}, indent=1))
     print(f"written: {out} and {out.with_suffix('.png')}")
 
 

@@ -341,6 +341,11 @@ def build_table(spec: TableSpec, runs: Sequence[Run], tasks: Optional[Sequence[s
     return cells, columns, seeds, picker
 
 
+def portable(text: str, runs_dir: Path) -> str:
+    """Paths in a rendered table relative to the runs folder, so a committed table names no machine's folders."""
+    return text.replace(f"{runs_dir}/", "").replace(str(runs_dir), runs_dir.name)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -380,7 +385,7 @@ def render_table(spec: TableSpec, runs_dir: Path, out_dir: Path, experiment_name
     notes = scan_notes(scan, skipped, f"experiment_name is not {accept!r}") + picker.notes
     if notes:
         md += ["", "Notes:"] + [f"- {n}" for n in notes]
-    text = "\n".join(md) + "\n"
+    text = portable("\n".join(md) + "\n", runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{spec.name}.md").write_text(text)
     write_csv(out_dir / f"{spec.name}.csv", header, grid)
@@ -482,7 +487,7 @@ def render_ablation(runs_dir: Path, out_dir: Path, agent: Optional[str]) -> str:
     notes = scan_notes(scan, skipped, "not an ablation run: experiment_name does not start with 'ablation/'")
     if notes:
         md += ["", "Notes:"] + [f"- {n}" for n in notes]
-    text = "\n".join(md) + "\n"
+    text = portable("\n".join(md) + "\n", runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.md").write_text(text)
     write_csv(out_dir / "ablation.csv", header, grid)

@@ -192,3 +192,12 @@ def test_default_partners_without_files_are_left_out_but_a_chosen_task_must_exis
     with pytest.raises(DataError, match="BoolQ"):
         run_cfg(tmp_path / "chosen", *common, "method.curriculum_tasks=[boolq,cb]")
     assert not (tmp_path / "chosen" / "results.json").exists()
+
+
+def test_bf16_autocast_runs_every_phase(tmp_path, superglue):
+    """The GPU path's precision, exercised on CPU: every phase (incl. the pilot meta-gradient) under bf16."""
+    results = run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=mpdistil",
+                      "method.curriculum_tasks=[rte]", "method.episode_length=2", "method.meta_objective=mixed",
+                      "trainer.precision=bf16")
+    for row in ("teacher", "undistilled", "student", "mpdistil", "meta_teacher"):
+        assert np.isfinite(results["agents"][row]["dev"]["accuracy"]), row

@@ -311,6 +311,7 @@ def test_render_table_markdown(table_runs: Path, tmp_path: Path) -> None:
     assert md_row(md, "teacher")[header.index("BoolQ")] == "— (75.3)"
     assert "experiment_name is not 'table1a'" in md and "other/x" in md
     assert "without results.json" in md and "com_real" in md
+    assert str(table_runs) not in md  # paths relative to the runs folder: a committed table names no machine
 
     with open(tmp_path / "out" / "table1a.csv") as f:
         grid = list(csv.reader(f))
