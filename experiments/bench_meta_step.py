@@ -258,8 +258,9 @@ def main() -> None:
             f"{r.get('cpu_time_ratio', nan):>8.2f} {r['peak_delta_mb']:>8.1f} {r.get('memory_ratio', nan):>8.2f}"
         )
     report = {
+        "command": " ".join(["python", "experiments/bench_meta_step.py", *sys.argv[1:]]),
         "config": {k: (args.model_label if k == "model" else v) for k, v in vars(args).items()
-                   if k not in ("child", "model_label")},
+                   if k not in ("child", "model_label", "out")},  # out: a path of this machine
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
