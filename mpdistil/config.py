@@ -114,6 +114,9 @@ class TrainerConfig:
     eval_batch_size: int = 64
     # training batches of similar length (chunks of this many shuffled batches sorted by length; 1: plain shuffle)
     length_bucket: int = 8
+    # inference batches (evaluation, teacher-output caches) close early rather than pad more than this fraction
+    # of their real tokens (null: fixed batches of eval_batch_size); padding never changes the outputs
+    eval_max_padding: Optional[float] = 0.1
     grad_clip: float = 1.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.0
@@ -241,6 +244,8 @@ def validate(cfg: Any) -> None:
     for key in ("batch_size", "eval_batch_size", "length_bucket"):
         if _get(t, key) <= 0:
             raise ConfigError(f"trainer.{key}={_get(t, key)} must be a positive integer")
+    if t.eval_max_padding is not None and t.eval_max_padding < 0:
+        raise ConfigError(f"trainer.eval_max_padding={t.eval_max_padding} must be >= 0 or null (fixed batches)")
     if t.grad_clip < 0:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
     if not 0.0 < cfg.task.quiz_fraction < 1.0:

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from mpdistil.config import ConfigError, cache_root
+from mpdistil.config import ConfigError, TrainerConfig, cache_root
 from mpdistil.errors import fail_cleanly
 
 USAGE = ("usage: python -m mpdistil.evaluate teacher=<folder> student=<folder> task=<name> [data_dir=<folder>] "
@@ -57,7 +57,7 @@ def evaluate_pair(teacher_dir: str, student_dir: str, task: str, data_dir: Optio
     data = load_task(tcfg, data_dir, cache)
     spec = get_task_spec(task, tcfg)
     rt = Runtime(resolve_device(device), eval_batch_size=batch_size, pad_id=tokenizer.pad_token_id or 0,
-                 progress=False)
+                 progress=False, max_padding=TrainerConfig.eval_max_padding)
     agents = {}
     for name, src in (("teacher", t_src), ("student", s_src)):
         hf = load_classifier(src)

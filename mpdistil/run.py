@@ -205,7 +205,7 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
                                              cfg.seed)
     rt = Runtime(resolve_device(cfg.trainer.device), cfg.trainer.precision, cfg.trainer.grad_clip,
                  cfg.trainer.weight_decay, cfg.trainer.eval_batch_size, tokenizer.pad_token_id or 0,
-                 cfg.trainer.progress, bucket=cfg.trainer.length_bucket)
+                 cfg.trainer.progress, bucket=cfg.trainer.length_bucket, max_padding=cfg.trainer.eval_max_padding)
     teacher.to(rt.device)
     student.to(rt.device)
     timings["models"] = time.perf_counter() - t

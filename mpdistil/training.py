@@ -40,6 +40,7 @@ class Runtime:
     pad_id: int = 0
     progress: bool = True
     bucket: int = 1  # shuffled batches of similar length: chunks of this many batches sorted by length
+    max_padding: Optional[float] = None  # unshuffled (inference) batches: pad tokens at most this × real tokens
     scaler: Optional[Any] = field(default=None, repr=False)
     stage: str = ""  # "<phase>:<epoch>" being trained, set by run_group (for the MPDISTIL_KILL_AT test hook)
 
@@ -87,7 +88,7 @@ class Runtime:
     def batches(self, split: EncodedSplit, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None):
         return iterate(split, batch_size, self.pad_id, shuffle=shuffle, generator=generator, device=self.device,
-                       bucket=self.bucket)
+                       bucket=self.bucket, max_padding=self.max_padding)
 
 
 @torch.inference_mode()

@@ -29,3 +29,17 @@ def test_bucketing_is_seeded_and_still_shuffles():
     assert a == b and a != c
     assert a != sorted(a)  # the batch order is shuffled, not sorted by length
     assert batch_indices(100, 4, True, torch.Generator().manual_seed(3), lengths, bucket=1) != a
+
+
+def test_inference_batches_bound_padding_and_keep_every_example():
+    lengths = [int(x) for x in torch.randint(10, 128, (300,), generator=torch.Generator().manual_seed(2))]
+    fixed = batch_indices(300, 64, False, lengths=lengths)
+    bounded = batch_indices(300, 64, False, lengths=lengths, max_padding=0.1)
+    assert sorted(i for b in bounded for i in b) == list(range(300))
+    assert all(len(b) <= 64 for b in bounded)
+    for b in bounded:
+        real = sum(lengths[i] for i in b)
+        assert max(lengths[i] for i in b) * len(b) <= 1.1 * real
+    assert _padded_tokens(bounded, lengths) <= 1.1 * sum(lengths) < _padded_tokens(fixed, lengths)
+    same_length = batch_indices(10, 4, False, lengths=[7] * 10, max_padding=0.0)
+    assert [len(b) for b in same_length] == [4, 4, 2]
