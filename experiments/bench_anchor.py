@@ -57,6 +57,11 @@ def run_one(data_dir: str, seed: int, tasks: str, extra: list[str]) -> dict:
             "curriculum_actions": results["phases"].get("curriculum", {}).get("action_distribution")}
 
 
+def git_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return proc.stdout.strip() or "unknown"
+
+
 def summarise(runs: list[dict]) -> dict:
     walls = [r["process_wall_s"] for r in runs]
     mean = statistics.mean(walls)
@@ -76,7 +81,8 @@ def main() -> None:
     data_dir = str(Path(args.data_dir).resolve())
     report = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "cpus": __import__("os").cpu_count()},
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "anchor": ANCHOR, "configs": {}}
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
+              "anchor": ANCHOR, "configs": {}}
     for name in args.configs:
         runs = []
         for seed in args.seeds:
