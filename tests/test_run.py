@@ -201,3 +201,12 @@ def test_bf16_autocast_runs_every_phase(tmp_path, superglue):
                       "trainer.precision=bf16")
     for row in ("teacher", "undistilled", "student", "mpdistil", "meta_teacher"):
         assert np.isfinite(results["agents"][row]["dev"]["accuracy"]), row
+
+
+def test_quiz_stats_policy_state_runs_under_the_tightest_padding_bound(tmp_path, superglue):
+    """The quiz-statistics state (no other test reaches it) with inference batches of equal lengths only."""
+    results = run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=mpdistil",
+                      "method.curriculum_tasks=[rte]", "method.episode_length=2", "method.policy_state=quiz_stats",
+                      "trainer.eval_max_padding=0.0")
+    policy = results["phases"]["curriculum"]["final_policy"]
+    assert set(policy) == {"cb", "rte"} and abs(sum(policy.values()) - 1.0) < 1e-5

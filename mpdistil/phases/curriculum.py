@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mpdistil.data.encode import EncodedSplit, model_inputs
+from mpdistil.data.encode import EncodedSplit, iterate, model_inputs
 from mpdistil.losses import curriculum_student_loss, hard_loss, label_score, reinforce_loss, reward
 from mpdistil.models.policy import Policy, pooler_weight
 from mpdistil.phases import Phase, register_phase
@@ -82,7 +82,8 @@ class CurriculumPhase(Phase):
         student.eval()
         feats = []
         for name in self.tasks:
-            probe = next(rt.batches(self.quiz[name], ctx.cfg.trainer.batch_size))
+            # a full batch of the shortest quiz examples, not rt.batches, whose padding bound may cut it short
+            probe = next(iterate(self.quiz[name], ctx.cfg.trainer.batch_size, rt.pad_id, device=rt.device))
             with rt.autocast():
                 logits = student(**model_inputs(probe), task=name).logits
             feats += [float(label_score(logits, probe["labels"], self.kinds[name]).mean()),
