@@ -60,14 +60,56 @@ def meta_step_ratios(path: Path) -> dict:
                                     for mode, r in res.items() if mode != "plain"}}
 
 
+def plot(report: dict, path: Path) -> None:
+    """Two panels: run wall time against training-set size, curriculum phase time against actions. Both y axes
+    start at zero so that run-to-run noise of a few seconds does not read as a trend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sst = [r for k, r in report["size"].items() if k.startswith("sst2")]
+    xs, ys = [r["train_examples"] for r in sst], [r["wall_s"] for r in sst]
+    tx = [float(k) for k in report["tasks"]]
+    ty = [r["phases_s"].get("curriculum", 0.0) for r in report["tasks"].values()]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    a.plot(xs, ys, "o", label="SST-2 subsets")
+    a.plot(xs, np.polyval([report["size_fit"]["slope"], report["size_fit"]["intercept"]], xs), "--")
+    for name in ("cb", "rte"):
+        r = report["size"][name]
+        a.plot([r["train_examples"]], [r["wall_s"]], "s", label=name.upper())
+    a.legend()
+    a.set_xlabel("training examples (train' + quiz)")
+    a.set_ylabel("wall time of the run (s)")
+    a.set_ylim(bottom=0)
+    b.plot(tx, ty, "o")
+    b.plot(tx, np.polyval([report["tasks_fit"]["slope"], report["tasks_fit"]["intercept"]], tx), "--")
+    b.set_xlabel("curriculum tasks (actions)")
+    b.set_ylabel("curriculum phase (s)")
+    b.set_ylim(bottom=0)
+    b.set_xticks(tx)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", required=True, help="folder holding glue/ and superglue/ in the official layout")
+    ap.add_argument("--data-dir", help="folder holding glue/ and superglue/ in the official layout (to measure)")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "bench_scaling.json"))
     ap.add_argument("--meta-step", default=str(REPO / "experiments" / "results" / "bench_meta_step.json"),
                     help="bench_meta_step.py's JSON: its k=1 second-order step ratios go into this report")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from --out's JSON, measure nothing")
     args = ap.parse_args()
+    if args.plot_only:
+        out = Path(args.out)
+        if not out.is_file():
+            raise SystemExit(f"--plot-only: {out} does not exist; run the benchmark first (without --plot-only)")
+        plot(json.loads(out.read_text()), out.with_suffix(".png"))
+        print(f"written: {out.with_suffix('.png')}")
+        return
+    if not args.data_dir:
+        ap.error("--data-dir is required to measure, e.g. --data-dir ../shared/data (or pass --plot-only)")
     root = Path(args.data_dir).resolve()
     size_runs = {
         "cb": ["task=cb", f"data_dir={root / 'superglue'}"],
@@ -100,26 +142,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
-    a.plot(xs, ys, "o", label="SST-2 subsets")
-    a.plot(xs, np.polyval([report["size_fit"]["slope"], report["size_fit"]["intercept"]], xs), "--")
-    for name in ("cb", "rte"):
-        r = report["size"][name]
-        a.plot([r["train_examples"]], [r["wall_s"]], "s", label=name.upper())
-    a.legend()
-    a.set_xlabel("training examples (train' + quiz)")
-    a.set_ylabel("wall time of the run (s)")
-    b.plot(tx, ty, "o")
-    b.plot(tx, np.polyval([report["tasks_fit"]["slope"], report["tasks_fit"]["intercept"]], tx), "--")
-    b.set_xlabel("curriculum tasks (actions)")
-    b.set_ylabel("curriculum phase (s)")
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    plot(report, out.with_suffix(".png"))
     print(json.dumps({k: report[k] for k in ("size_fit", "tasks_fit", "meta_step")}, indent=1))
     print(f"written: {out} and {out.with_suffix('.png')}")
 
