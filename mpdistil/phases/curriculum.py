@@ -58,6 +58,10 @@ class CurriculumPhase(Phase):
         self.steps = m.episode_length or math.ceil(len(main_quiz) / bs)
         self.episodes: list[dict[str, Any]] = []
         self.last_reward = 0.0
+        # The quiz-statistics state reads the same probe batch of each task at every step: collate them once.
+        # A full batch of the shortest quiz examples, not rt.batches, whose padding bound may cut it short.
+        self.probes = {name: next(iterate(self.quiz[name], bs, rt.pad_id, device=rt.device)) for name in self.tasks} \
+            if m.policy_state == "quiz_stats" else {}
 
     def _batches(self, ctx: Any, task: str, episode: int) -> Iterator[dict[str, Any]]:
         """Endless shuffled quiz batches of one task, reshuffled on each pass."""
@@ -82,8 +86,7 @@ class CurriculumPhase(Phase):
         student.eval()
         feats = []
         for name in self.tasks:
-            # a full batch of the shortest quiz examples, not rt.batches, whose padding bound may cut it short
-            probe = next(iterate(self.quiz[name], ctx.cfg.trainer.batch_size, rt.pad_id, device=rt.device))
+            probe = self.probes[name]
             with rt.autocast():
                 logits = student(**model_inputs(probe), task=name).logits
             feats += [float(label_score(logits, probe["labels"], self.kinds[name]).mean()),
