@@ -80,7 +80,7 @@ def teacher_cache_key(ctx: Any) -> dict[str, Any]:
 
 
 CURRICULUM_ONLY = ("curriculum", "curriculum_tasks", "reward", "episodes", "episode_length", "gamma", "policy_lr",
-                   "policy_state", "curriculum_lr", "authors_episode_update", "phases", "name")
+                   "policy_state", "curriculum_lr", "select_every", "authors_episode_update", "phases", "name")
 
 
 UNDISTILLED_FIELDS = ("student_epochs", "student_lr", "authors_no_dropout")

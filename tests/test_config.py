@@ -31,6 +31,7 @@ def test_misspelt_key_fails_at_composition():
     ("method.student_epochs=0", "method.student_epochs"), ("trainer.batch_size=0", "trainer.batch_size"),
     ("method.reward=sometimes", "method.reward"), ("trainer.precision=fp8", "trainer.precision"),
     ("method.phases=[teacher,distil]", "unknown phase"), ("trainer.eval_max_padding=-0.5", "trainer.eval_max_padding"),
+    ("method.select_every=0", "method.select_every"),
 ])
 def test_impossible_values_are_refused(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

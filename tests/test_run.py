@@ -210,3 +210,16 @@ def test_quiz_stats_policy_state_runs_under_the_tightest_padding_bound(tmp_path,
                       "trainer.eval_max_padding=0.0")
     policy = results["phases"]["curriculum"]["final_policy"]
     assert set(policy) == {"cb", "rte"} and abs(sum(policy.values()) - 1.0) < 1e-5
+
+
+def test_scoring_every_third_episode_changes_which_can_be_picked_not_the_training(tmp_path, superglue):
+    """method.select_every=3 over 5 episodes scores episodes 2 and 4 (the last) only; the policy's
+    trajectories and rewards are those of the run that scores every episode."""
+    common = ("task=cb", f"data_dir={superglue}", "model=tiny", "method=mpdistil", "method.curriculum_tasks=[rte]",
+              "method.episode_length=2", "method.episodes=5", "trainer.reuse_cache=false")
+    every = run_cfg(tmp_path / "every", *common)["phases"]["curriculum"]
+    sparse_run = run_cfg(tmp_path / "sparse", *common, "method.select_every=3")
+    sparse = sparse_run["phases"]["curriculum"]
+    assert sparse["trajectories"] == every["trajectories"]
+    assert sparse["episode_rewards"] == every["episode_rewards"]
+    assert sparse["best_episode"] in (2, 4)

@@ -125,8 +125,10 @@ class CurriculumPhase(Phase):
         policy_loss = reinforce_loss(lp[1:], rewards[:-1], m.gamma) if m.authors_episode_update and len(rewards) > 1 \
             else reinforce_loss(lp, rewards, m.gamma)
         rt.step(policy_loss, self.opt_policy, "policy")
-        metrics = ctx.evaluate(student, ctx.selection_split)
-        improved = self.best.offer(student, ctx.score(metrics), episode, metrics)
+        metrics, improved = {}, False
+        if (episode + 1) % m.select_every == 0 or episode == self.epochs(ctx) - 1:
+            metrics = ctx.evaluate(student, ctx.selection_split)
+            improved = self.best.offer(student, ctx.score(metrics), episode, metrics)
         row = {"reward": float(sum(rewards)), "policy_loss": float(policy_loss.detach()),
                **{f"sel_{k}": v for k, v in metrics.items()}}
         self.episodes.append({"episode": episode, "reward": row["reward"], "trajectory": actions,
