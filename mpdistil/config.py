@@ -102,7 +102,7 @@ class MethodConfig:
     policy_state: str = "pooler"  # pooler | quiz_stats
     curriculum_lr: float = 3e-5
     # the selection split is scored after every Nth episode and the last; the best scored one is kept.
-    # The authors score every episode; on CB that is 41% of the curriculum's time (README, Speed)
+    # The authors score every episode, which costs more than the episode itself on a large dev set
     select_every: int = 1
     # authors'-code deviations (METHOD.md, "Where the authors' released code differs")
     authors_episode_update: bool = False

@@ -218,8 +218,7 @@ def test_scoring_every_third_episode_changes_which_can_be_picked_not_the_trainin
     common = ("task=cb", f"data_dir={superglue}", "model=tiny", "method=mpdistil", "method.curriculum_tasks=[rte]",
               "method.episode_length=2", "method.episodes=5", "trainer.reuse_cache=false")
     every = run_cfg(tmp_path / "every", *common)["phases"]["curriculum"]
-    sparse_run = run_cfg(tmp_path / "sparse", *common, "method.select_every=3")
-    sparse = sparse_run["phases"]["curriculum"]
+    sparse = run_cfg(tmp_path / "sparse", *common, "method.select_every=3")["phases"]["curriculum"]
     assert sparse["trajectories"] == every["trajectories"]
     assert sparse["episode_rewards"] == every["episode_rewards"]
     assert sparse["best_episode"] in (2, 4)
