@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,8 @@ def run_one(data_dir: str, seed: int, tasks: str, extra: list[str]) -> dict:
     return {"seed": seed, "process_wall_s": round(wall, 1),
             "phases_s": {k: round(v, 1) for k, v in results["time"].items()},
             "peak_rss_gb": round(results["memory"]["peak_rss_mb"] / 1024, 3), "dev": dev,
-            "curriculum_actions": results["phases"].get("curriculum", {}).get("action_distribution")}
+            "curriculum_actions": results["phases"].get("curriculum", {}).get("action_distribution"),
+            "machine": results["machine"]}
 
 
 def git_commit() -> str:
@@ -79,9 +79,7 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="further Hydra overrides, e.g. trainer.device=cuda trainer.precision=bf16")
     args = ap.parse_args()
     data_dir = str(Path(args.data_dir).resolve())
-    report = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": __import__("os").cpu_count()},
-              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
+    report = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
               "anchor": ANCHOR, "configs": {}}
     for name in args.configs:
         runs = []
@@ -90,6 +88,7 @@ def main() -> None:
             runs.append(r)
             print(f"{name} seed {seed}: wall {r['process_wall_s']}s  phases {r['phases_s']}  "
                   f"peak RSS {r['peak_rss_gb']} GB  dev {r['dev']}", flush=True)
+        report.setdefault("machine", runs[0]["machine"])  # the CPU the times were measured on
         report["configs"][name] = {"runs": runs, "summary": summarise(runs)}
         print(f"{name}: {report['configs'][name]['summary']}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mpdistil.meta import MetaStepConfig, meta_gradient  # noqa: E402
+from mpdistil.results import machine_info  # noqa: E402
 from mpdistil.training import Runtime  # noqa: E402
 
 MODES = ("plain", "so-higher", "so-func", "fo-higher", "fo-func")
@@ -261,13 +261,7 @@ def main() -> None:
         "command": " ".join(["python", "experiments/bench_meta_step.py", *sys.argv[1:]]),
         "config": {k: (args.model_label if k == "model" else v) for k, v in vars(args).items()
                    if k not in ("child", "model_label", "out")},  # out: a path of this machine
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads_default": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-        },
+        "environment": machine_info(),
         "goal": {"time_ratio_max": 3.0, "memory_ratio_max": 2.5, "mode": "so-* (k=1, second order)"},
         "results": results,
     }

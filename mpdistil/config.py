@@ -36,7 +36,7 @@ class TaskConfig:
     max_length: int = 128
     quiz_fraction: float = 0.1
     max_train_examples: Optional[int] = None  # subsample train (seeded) for quick runs
-    max_eval_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None  # subsample each dev split; test splits stay whole (leaderboard files)
     # sentiment suite
     domain: Optional[str] = None
     target: str = "sign"  # sign | rating
@@ -136,6 +136,9 @@ class TrainerConfig:
     checkpoint_every: int = 1
     checkpoint_min_interval_s: float = 120.0  # at most one mid-phase checkpoint per interval (0: after every epoch)
     keep_checkpoint: bool = False  # keep it after the run has finished (deleted by default: results.json has it all)
+    # count matmul FLOPs per phase into results.json (torch's FlopCounterMode; slows the run, changes no result);
+    # with trainer.reuse_cache=false so that cached phases are counted as trained, not loaded
+    count_flops: bool = False
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from mpdistil.data.encode import EncodedSplit
 from mpdistil.loggers import Logger
@@ -57,6 +58,8 @@ class RunContext:
     records: dict[str, Any] = field(default_factory=dict)
     rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # evaluated table rows
     timings: dict[str, float] = field(default_factory=dict)
+    flops: dict[str, int] = field(default_factory=dict)  # per timed label, filled when trainer.count_flops is on
+    flop_counter: Optional[FlopCounterMode] = None
     teacher_outputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -115,7 +118,7 @@ class RunContext:
         return mt(h.view(-1, h.shape[-1]).to(self.rt.device), "teacher", self.splits[split].num_choices).float().cpu()
 
     def timed(self, name: str) -> "_Timer":
-        return _Timer(self.timings, name)
+        return _Timer(self, name)
 
 
 @torch.inference_mode()
@@ -148,12 +151,19 @@ def teacher_outputs(teacher: Agent, split: EncodedSplit, rt: Runtime, layers: li
 
 
 class _Timer:
-    def __init__(self, sink: dict[str, float], name: str) -> None:
-        self.sink, self.name = sink, name
+    """Wall time of a labelled stretch of the run, and its matmul FLOPs while a counter is on; summed per label."""
+
+    def __init__(self, ctx: RunContext, name: str) -> None:
+        self.ctx, self.name = ctx, name
 
     def __enter__(self) -> "_Timer":
+        counter = self.ctx.flop_counter
+        self.flops = counter.get_total_flops() if counter is not None else 0
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - self.start
+        ctx, name = self.ctx, self.name
+        ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - self.start
+        if ctx.flop_counter is not None:
+            ctx.flops[name] = ctx.flops.get(name, 0) + ctx.flop_counter.get_total_flops() - self.flops

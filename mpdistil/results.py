@@ -1,7 +1,10 @@
 """results.json and the final table printed at the end of a run."""
 from __future__ import annotations
 
+import os
+import platform
 import resource
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +33,22 @@ def peak_memory() -> dict[str, float]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     return out
+
+
+def machine_info() -> dict[str, Any]:
+    """What the wall times were measured on: CPU model and vector extensions move them by tens of percent."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), "")
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": model or platform.processor(),
+                            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def _fmt(value: Any) -> str:
@@ -65,6 +84,9 @@ def format_table(results: dict[str, Any], splits: list[str]) -> str:
     if times:
         out.append("")
         out.append("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    flops = results.get("flops", {})
+    if flops:
+        out.append("matmul GFLOP: " + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in flops.items()))
     mem = results.get("memory", {})
     if mem:
         out.append("peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))

@@ -36,7 +36,7 @@ FORMAT = 1
 # Settings that change what a run shows, where it reads from or how often it saves, not what it computes.
 NOT_PART_OF_THE_RUN = ("resume", "logger", "experiment_name", "data_dir", "cache_dir", "task.data_dir",
                        "trainer.progress", "trainer.checkpoint_every", "trainer.checkpoint_min_interval_s",
-                       "trainer.keep_checkpoint",
+                       "trainer.keep_checkpoint", "trainer.count_flops",
                        "trainer.num_threads", "trainer.reuse_cache", "trainer.save_student", "trainer.save_teacher")
 KILL_ENV, KILL_SIGNAL_ENV = "MPDISTIL_KILL_AT", "MPDISTIL_KILL_SIGNAL"
 
@@ -137,7 +137,7 @@ class Checkpoint:
             "agents": {name: module.state_dict() for name, module in all_agents(ctx).items()},
             "meta_teacher_trained": bool(mt is not None and mt.trained),
             "phases": {phase.name: phase.state_dict() for phase in phases},
-            "records": ctx.records, "rows": ctx.rows, "timings": ctx.timings,
+            "records": ctx.records, "rows": ctx.rows, "timings": ctx.timings, "flops": ctx.flops,
             "scaler": ctx.rt.scaler.state_dict() if ctx.rt.scaler is not None else None,
             "rng": rng_state(),
         }
@@ -212,6 +212,7 @@ def restore(ctx: Any, saved: dict[str, Any]) -> None:
     ctx.records.update(saved["records"])
     ctx.rows.update(saved["rows"])
     ctx.timings.update(saved["timings"])
+    ctx.flops.update(saved.get("flops", {}))
     if saved["scaler"] is not None and ctx.rt.scaler is not None:
         ctx.rt.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])

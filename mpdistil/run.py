@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
 from mpdistil.checkpoint import CacheEntry, student_cache_key
 from mpdistil.config import ConfigError, validate
@@ -30,7 +31,7 @@ from mpdistil.models.agent import build_agents, count_parameters
 from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
 from mpdistil.phases import PHASES
 from mpdistil.atomic import write_json
-from mpdistil.results import format_table, peak_memory
+from mpdistil.results import format_table, machine_info, peak_memory
 from mpdistil.resume import (Checkpoint, Position, data_fingerprint, kill_point, restore, run_identity, set_rng_state,
                              verify_checkpoint)
 from mpdistil.training import Runtime, resolve_device
@@ -221,21 +222,24 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
                    if s in splits and splits[s].labels is not None]
     agents_out = ctx.rows
     position = resume_run(ctx, groups, saved, ckpt.folder) if saved is not None else Position(0, 0)
+    # Matmul FLOPs per phase when asked (trainer.count_flops): counted by torch's dispatcher, results unchanged.
+    counting = FlopCounterMode(display=False) if cfg.trainer.count_flops else contextlib.nullcontext()
     try:
-        for index, group in enumerate(groups):
-            if index < position.group:
-                continue  # finished before the checkpoint: its agents and rows are restored
-            label = "+".join(group)
-            mid_group = saved if index == position.group and position.epoch else None
-            with ctx.timed(label):
-                produced = run_group(ctx, group, index, ckpt, mid_group)
-            _print(f"[mpdistil] {label}: {ctx.timings[label]:.1f}s")
-            with ctx.timed("evaluation"):
-                for name in produced:
-                    row = ROW_OF_PHASE[name]
-                    agents_out[row] = evaluate_row(ctx, row, row_agent(ctx, row), eval_splits)
-            ckpt.save(ctx, Position(index + 1, 0), [])
-            kill_point(f"{label}:done")
+        with counting as ctx.flop_counter:
+            for index, group in enumerate(groups):
+                if index < position.group:
+                    continue  # finished before the checkpoint: its agents and rows are restored
+                label = "+".join(group)
+                mid_group = saved if index == position.group and position.epoch else None
+                with ctx.timed(label):
+                    produced = run_group(ctx, group, index, ckpt, mid_group)
+                _print(f"[mpdistil] {label}: {ctx.timings[label]:.1f}s")
+                with ctx.timed("evaluation"):
+                    for name in produced:
+                        row = ROW_OF_PHASE[name]
+                        agents_out[row] = evaluate_row(ctx, row, row_agent(ctx, row), eval_splits)
+                ckpt.save(ctx, Position(index + 1, 0), [])
+                kill_point(f"{label}:done")
     finally:
         timings.update(ctx.timings)
         timings["total"] = time.perf_counter() - start
@@ -252,7 +256,8 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
         "model": {**sources, "teacher_layers": teacher.num_layers, "student_layers": student.num_layers,
                   "teacher_params": count_parameters(teacher.hf), "student_params": count_parameters(student.hf)},
         "agents": agents_out, "fidelity": ctx.records.pop("fidelity", {}), "ood": ood_results,
-        "phases": ctx.records, "time": timings, "memory": peak_memory(),
+        "phases": ctx.records, "time": timings, **({"flops": ctx.flops} if cfg.trainer.count_flops else {}),
+        "memory": peak_memory(), "machine": machine_info(),
         "device": str(rt.device), "precision": rt.precision, "outputs": outputs,
     }
     write_json(out_dir / "results.json", results)

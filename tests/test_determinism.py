@@ -23,8 +23,10 @@ def test_seeded_runs_are_identical_and_cached_phases_change_nothing(tmp_path, de
             "method.episode_length=3", "trainer.deterministic=true"]
     run_cfg(tmp_path / "a", *args)
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
-    run_cfg(tmp_path / "b", *args)
+    counted = run_cfg(tmp_path / "b", *args, "trainer.count_flops=true")  # counting FLOPs must not change a number
     assert comparable(tmp_path / "b") == comparable(tmp_path / "a")
+    assert set(counted["flops"]) == set(counted["time"]) - {"data", "models", "total"}
+    assert all(v > 0 for v in counted["flops"].values())
 
     # Teacher and student groups reused from a's cache: the curriculum after them draws the same random numbers.
     reused = run_cfg(tmp_path / "c", *args, cache_dir=tmp_path / "a" / "cache")

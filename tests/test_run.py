@@ -35,6 +35,8 @@ def test_kd_run_writes_results_splits_and_a_loadable_student(kd_run):
         assert set(row["dev"]) == {"accuracy", "macro_f1"}
     assert {"teacher", "undistilled", "distill", "total"} <= set(on_disk["time"])
     assert on_disk["memory"]["peak_rss_mb"] > 0
+    assert on_disk["machine"]["torch"] == torch.__version__ and on_disk["machine"]["cpus"] >= 1
+    assert "flops" not in on_disk  # counted only when asked: the counter slows the run
     fid = on_disk["fidelity"]["student_vs_teacher"]["dev"]
     assert 0.0 <= fid["agreement"] <= 1.0 and fid["n"] == 24
     assert fid["flip_both"] + fid["flip_neither"] + fid["flip_student_only"] + fid["flip_teacher_only"] == 24
@@ -222,3 +224,23 @@ def test_scoring_every_third_episode_changes_which_can_be_picked_not_the_trainin
     assert sparse["trajectories"] == every["trajectories"]
     assert sparse["episode_rewards"] == every["episode_rewards"]
     assert sparse["best_episode"] in (2, 4)
+
+
+def test_flops_are_summed_per_label_and_only_inside_timed_stretches():
+    from types import SimpleNamespace
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mpdistil.context import RunContext
+
+    a, b = torch.ones(4, 5), torch.ones(5, 3)
+    with FlopCounterMode(display=False) as counter:
+        ctx = SimpleNamespace(timings={}, flops={}, flop_counter=counter)
+        for _ in range(2):
+            with RunContext.timed(ctx, "phase"):
+                a @ b
+        torch.ones(64, 64) @ torch.ones(64, 64)  # outside every timed stretch
+        with RunContext.timed(ctx, "evaluation"):
+            torch.ones(2, 7) @ torch.ones(7, 1)
+    assert ctx.flops == {"phase": 2 * (2 * 4 * 5 * 3), "evaluation": 2 * 2 * 7 * 1}
+    assert set(ctx.timings) == {"phase", "evaluation"}
