@@ -39,7 +39,8 @@ def timed_run(overrides: list[str]) -> dict:
         wall = time.perf_counter() - start
         results = json.loads((out / "results.json").read_text())
     return {"wall_s": round(wall, 1), "phases_s": {k: round(v, 1) for k, v in results["time"].items()},
-            "train_examples": results["task"]["sizes"]["train"] + results["task"]["sizes"]["quiz"]}
+            "train_examples": results["task"]["sizes"]["train"] + results["task"]["sizes"]["quiz"],
+            "machine": results["machine"]}
 
 
 def fit(xs: list[float], ys: list[float]) -> dict:
@@ -121,6 +122,7 @@ def main() -> None:
     for name, ov in size_runs.items():
         r = timed_run([*ov, f"method.episodes={args.episodes}", "method.curriculum_tasks=[]"])
         report["size"][name] = r
+        report.setdefault("machine", r["machine"])  # the CPU the times were measured on
         print(f"size {name}: {r}", flush=True)
     others = ["rte", "copa", "wic", "wsc"]
     for k in range(len(others) + 1):
