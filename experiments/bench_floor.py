@@ -26,7 +26,8 @@ import torch
 from bench_anchor import ANCHOR, REPO, git_commit, overrides
 
 TARGET_S = ANCHOR["wall_s"] / 5  # issue 8's goal: 5x faster than the authors' code
-PHASES = ("teacher", "distill+meta_teacher", "curriculum", "evaluation")
+PHASES = ("teacher", "distill+meta_teacher", "curriculum", "curriculum_selection", "evaluation")
+NESTED = ("curriculum_selection",)  # inside the curriculum's figures: shown, not added to the total
 
 
 def matmul_rates(threads: int, sizes: tuple[int, ...] = (512, 1024, 2048, 3072), repeats: int = 5) -> dict[str, float]:
@@ -83,14 +84,15 @@ def main() -> None:
         rows.append({"phase": phase, "gflop": round(gflop, 1), "floor_s": round(floor, 1),
                      "counted_run_s": round(times.get(phase, 0.0), 1),
                      "share_of_best_rate": round(floor / times[phase], 3) if times.get(phase) else None})
-    total_gflop = sum(flops.values()) / 1e9
+    total_gflop = sum(v for k, v in flops.items() if k not in NESTED) / 1e9
     total = {"gflop": round(total_gflop, 1), "floor_s": round(total_gflop / peak, 1),
              "counted_run_s": round(times["total"], 1), "target_s": TARGET_S}
-    print(f"{'phase':<22}{'GFLOP':>10}{'floor s':>9}{'run s':>8}{'of best':>9}")
+    print(f"{'phase':<32}{'GFLOP':>10}{'floor s':>9}{'run s':>8}{'of best':>9}")
     for r in rows:
         share = f"{100 * r['share_of_best_rate']:.0f}%" if r["share_of_best_rate"] is not None else "—"
-        print(f"{r['phase']:<22}{r['gflop']:>10,.0f}{r['floor_s']:>9.1f}{r['counted_run_s']:>8.1f}{share:>9}")
-    print(f"{'all counted':<22}{total['gflop']:>10,.0f}{total['floor_s']:>9.1f}{total['counted_run_s']:>8.1f}")
+        name = f"  of which {r['phase']}" if r["phase"] in NESTED else r["phase"]
+        print(f"{name:<32}{r['gflop']:>10,.0f}{r['floor_s']:>9.1f}{r['counted_run_s']:>8.1f}{share:>9}")
+    print(f"{'all counted':<32}{total['gflop']:>10,.0f}{total['floor_s']:>9.1f}{total['counted_run_s']:>8.1f}")
     verdict = "below" if total["floor_s"] <= TARGET_S else "above"
     print(f"5x the authors' 970 s is {TARGET_S:.0f} s; the matmul floor alone is {total['floor_s']:.0f} s ({verdict})")
     report = {"command": " ".join(["python", "experiments/bench_floor.py", *sys.argv[1:]]),

@@ -218,12 +218,18 @@ def test_scoring_every_third_episode_changes_which_can_be_picked_not_the_trainin
     """method.select_every=3 over 5 episodes scores episodes 2 and 4 (the last) only; the policy's
     trajectories and rewards are those of the run that scores every episode."""
     common = ("task=cb", f"data_dir={superglue}", "model=tiny", "method=mpdistil", "method.curriculum_tasks=[rte]",
-              "method.episode_length=2", "method.episodes=5", "trainer.reuse_cache=false")
-    every = run_cfg(tmp_path / "every", *common)["phases"]["curriculum"]
-    sparse = run_cfg(tmp_path / "sparse", *common, "method.select_every=3")["phases"]["curriculum"]
+              "method.episode_length=2", "method.episodes=5", "trainer.reuse_cache=false", "trainer.count_flops=true")
+    every_run = run_cfg(tmp_path / "every", *common)
+    sparse_run = run_cfg(tmp_path / "sparse", *common, "method.select_every=3")
+    every, sparse = every_run["phases"]["curriculum"], sparse_run["phases"]["curriculum"]
     assert sparse["trajectories"] == every["trajectories"]
     assert sparse["episode_rewards"] == every["episode_rewards"]
     assert sparse["best_episode"] in (2, 4)
+    # Scoring is counted apart: 2 scorings against 5 at the same cost each, and the same training work.
+    f_every, f_sparse = every_run["flops"], sparse_run["flops"]
+    assert 5 * f_sparse["curriculum_selection"] == 2 * f_every["curriculum_selection"] > 0
+    assert (f_every["curriculum"] - f_every["curriculum_selection"]
+            == f_sparse["curriculum"] - f_sparse["curriculum_selection"])
 
 
 def test_flops_are_summed_per_label_and_only_inside_timed_stretches():

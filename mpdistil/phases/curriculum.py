@@ -127,7 +127,8 @@ class CurriculumPhase(Phase):
         rt.step(policy_loss, self.opt_policy, "policy")
         metrics, improved = {}, False
         if (episode + 1) % m.select_every == 0 or episode == self.epochs(ctx) - 1:
-            metrics = ctx.evaluate(student, ctx.selection_split)
+            with ctx.timed("curriculum_selection"):  # part of the curriculum's time, reported apart
+                metrics = ctx.evaluate(student, ctx.selection_split)
             improved = self.best.offer(student, ctx.score(metrics), episode, metrics)
         row = {"reward": float(sum(rewards)), "policy_loss": float(policy_loss.detach()),
                **{f"sel_{k}": v for k, v in metrics.items()}}
