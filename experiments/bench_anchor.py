@@ -37,17 +37,22 @@ def overrides(data_dir: str, seed: int, tasks: str, extra: list[str]) -> list[st
     ]
 
 
-def run_one(data_dir: str, seed: int, tasks: str, extra: list[str]) -> dict:
+def fresh_run(run_overrides: list[str]) -> tuple[dict, float]:
+    """One `main.py` job with a fresh cache (nothing reused from earlier runs): its results.json and wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, str(REPO / "main.py"), *overrides(data_dir, seed, tasks, extra),
-               f"hydra.run.dir={out}", f"cache_dir={Path(tmp) / 'cache'}"]
+        cmd = [sys.executable, str(REPO / "main.py"), *run_overrides, f"hydra.run.dir={out}",
+               f"cache_dir={Path(tmp) / 'cache'}"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            raise SystemExit(f"run failed ({' '.join(cmd[2:])}):\n{proc.stderr[-3000:]}")
-        results = json.loads((out / "results.json").read_text())
+            raise SystemExit(f"run failed ({' '.join(run_overrides)}):\n{proc.stderr[-3000:]}")
+        return json.loads((out / "results.json").read_text()), wall
+
+
+def run_one(data_dir: str, seed: int, tasks: str, extra: list[str]) -> dict:
+    results, wall = fresh_run(overrides(data_dir, seed, tasks, extra))
     dev = {row: {k: round(100 * v, 1) for k, v in results["agents"][row]["dev"].items()}
            for row in ("teacher", "meta_teacher", "student", "mpdistil") if row in results["agents"]}
     return {"seed": seed, "process_wall_s": round(wall, 1),

@@ -8,22 +8,20 @@ every matmul runs as fast as the best large square one.
 
     python experiments/bench_floor.py --data-dir ../shared/data/superglue
 
-The counted run is slowed a little by the counter, so its phase times are upper bounds on an
-uncounted run on the same machine; ``bench_anchor.py`` times the job without it.
+The counter slows the run it counts (1.33x on the anchor), so the counted run's phase times are
+upper bounds; ``bench_anchor.py`` times the same job without it.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench_anchor import ANCHOR, REPO, git_commit, overrides
+from bench_anchor import ANCHOR, REPO, fresh_run, git_commit, overrides
 
 TARGET_S = ANCHOR["wall_s"] / 5  # issue 8's goal: 5x faster than the authors' code
 PHASES = ("teacher", "distill+meta_teacher", "curriculum", "curriculum_selection", "evaluation")
@@ -49,15 +47,8 @@ def _timed(fn) -> float:
 
 
 def counted_run(data_dir: str, seed: int, threads: int, extra: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        cmd = [sys.executable, str(REPO / "main.py"), *overrides(data_dir, seed, "[]", extra),
-               "trainer.count_flops=true", f"trainer.num_threads={threads}", f"hydra.run.dir={out}",
-               f"cache_dir={Path(tmp) / 'cache'}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if proc.returncode != 0:
-            raise SystemExit(f"counted run failed:\n{proc.stderr[-3000:]}")
-        return json.loads((out / "results.json").read_text())
+    return fresh_run([*overrides(data_dir, seed, "[]", extra), "trainer.count_flops=true",
+                      f"trainer.num_threads={threads}"])[0]
 
 
 def main() -> None:

@@ -12,32 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_anchor import REPO, fresh_run
+
 COMMON = ["model=minilm", "method=mpdistil", "experiment=paper", "logger=none", "trainer.progress=false",
           "trainer.reuse_cache=false", "eval.attribution=none", "eval.write_test_predictions=false",
           "method.phases=[teacher,distill+meta_teacher,curriculum]", "method.teacher_epochs=1",
           "method.student_epochs=1", "trainer.batch_size=8", "task.max_length=128"]
 
 
-def timed_run(overrides: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        cmd = [sys.executable, str(REPO / "main.py"), *COMMON, *overrides, f"hydra.run.dir={out}",
-               f"cache_dir={Path(tmp) / 'cache'}"]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if proc.returncode != 0:
-            raise SystemExit(f"run failed: {' '.join(overrides)}\n{proc.stderr[-3000:]}")
-        wall = time.perf_counter() - start
-        results = json.loads((out / "results.json").read_text())
+def timed_run(run_overrides: list[str]) -> dict:
+    results, wall = fresh_run([*COMMON, *run_overrides])
     return {"wall_s": round(wall, 1), "phases_s": {k: round(v, 1) for k, v in results["time"].items()},
             "train_examples": results["task"]["sizes"]["train"] + results["task"]["sizes"]["quiz"],
             "machine": results["machine"]}
