@@ -579,6 +579,10 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         common.append(f"data_dir={hydra_value(str(Path(args.data_dir).expanduser().resolve()))}")
     if args.launcher:
         common.append(f"hydra/launcher={args.launcher}")
+    if args.table == "ablation" and args.only:
+        print("error: --only picks a table's kd or mpdistil sweep; for the ablation pick with --settings",
+              file=sys.stderr)
+        return 2
     if args.table == "ablation":
         unknown = [s for s in args.settings or [] if s not in ABLATIONS]
         if unknown:
@@ -588,6 +592,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         out_dir = root / "ablation"
     else:
         sweeps = table_sweeps(args.table, tasks, args.seeds, common, root, extra)
+        if args.only:
+            sweeps = [s for s in sweeps if s.name.endswith("/" + args.only)]
         out_dir = root / args.table
     render = f"python experiments/tables.py render {args.table} {shlex.quote(str(out_dir))}"
     if args.dry_run:
@@ -645,6 +651,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     r.add_argument("--launcher", help="a hydra/launcher preset: joblib | submitit_slurm | ray")
     r.add_argument("--base", default="cpu_repro", help="ablation only: the experiment preset the settings modify")
     r.add_argument("--settings", nargs="+", help=f"ablation only (default: all): {', '.join(ABLATIONS)}")
+    r.add_argument("--only", choices=["kd", "mpdistil"],
+                   help="tables only: run just this sweep per task, e.g. to finish a table whose other sweep exists")
     r.add_argument("--dry-run", action="store_true", help="print the commands only")
     d = sub.add_parser("render", help="rebuild a table from the results.json files under runs_dir")
     d.add_argument("table", choices=kinds)

@@ -387,6 +387,11 @@ def test_dry_run_prints_the_distinct_sweeps(tmp_path: Path) -> None:
     assert ["method=mpdistil", "method.meta_loss=col,com", "method.reward=binary,real"] == mpd[3:6]
     assert "hydra.sweep.subdir=seed${seed}/${method.meta_loss}_${method.reward}" in mpd
     assert not (tmp_path / "table4").exists()
+    only = tables_py("run", "table4", "--tasks", "mnli", "stsb", "--only", "mpdistil", "--runs-root", str(tmp_path),
+                     "--dry-run")
+    assert only.returncode == 0, only.stderr
+    assert [re.search(r"hydra.sweep.dir=\S+/table4/(\S+)", c).group(1)
+            for c in only.stdout.strip().splitlines()[:-1]] == ["mnli/mpdistil", "stsb/mpdistil"]
 
 
 def test_ablation_dry_run_always_includes_the_full_method() -> None:
@@ -400,6 +405,8 @@ def test_ablation_dry_run_always_includes_the_full_method() -> None:
     assert "method=metadistil" in cmds[2]
     bad = tables_py("run", "ablation", "--settings", "nope", "--dry-run")
     assert bad.returncode == 2 and "unknown ablation setting" in bad.stderr
+    bad = tables_py("run", "ablation", "--only", "kd", "--dry-run")
+    assert bad.returncode == 2 and "--settings" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------------- end to end
