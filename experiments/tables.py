@@ -9,8 +9,9 @@ MPDistil student), so ``run`` launches only the distinct runs: per task and seed
 run and four ``method=mpdistil`` runs (meta loss col|com x reward binary|real), as two Hydra
 multiruns per task (over seeds). Per task, so that a task that cannot run (e.g. its files are
 missing) stops only its own sweeps; the kd sweep goes first, so every teacher is fine-tuned once and
-read from the cache by the mpdistil sweep. A failed sweep does not stop the next one. ``render`` rebuilds the table from whatever results.json files exist: a cell
-without a run stays ``—``; nothing is filled in from the paper.
+read from the cache by the mpdistil sweep. A failed sweep does not stop the next one. ``render``
+rebuilds the table from whatever results.json files exist: a cell without a run stays ``—``;
+nothing is filled in from the paper.
 """
 from __future__ import annotations
 
@@ -324,19 +325,23 @@ def column_title(col: Column) -> str:
     return f"{col.title} ({'/'.join(labels)})" if labels else col.title
 
 
+def beats_teacher(student: Stat, teacher: Stat) -> bool:
+    """Paired by seed: a cell with fewer seeds than the teacher row is compared on its own seeds only."""
+    return teacher.seeds == student.seeds and student.mean > teacher.mean
+
+
 def build_table(spec: TableSpec, runs: Sequence[Run], tasks: Optional[Sequence[str]] = None
                 ) -> tuple[list[CellResult], list[Column], list[int], Picker]:
     columns = [c for c in spec.columns if tasks is None or c.task in tasks]
     seeds = sorted({r.seed for r in runs if r.task in {c.task for c in columns}})
     picker = Picker(runs)
     paper = PAPER[spec.paper]
-    teacher = {(c.task, i): picker.stat("teacher", c.task, p, seeds) for c in columns for i, p in enumerate(c.parts)}
     cells = []
     for row in ROWS:
         for col in columns:
             stats = [picker.stat(row, col.task, p, seeds) for p in col.parts]
-            beats = [row in STUDENT_ROWS and s.n > 0 and teacher[(col.task, i)].n > 0
-                     and s.mean > teacher[(col.task, i)].mean for i, s in enumerate(stats)]
+            beats = [row in STUDENT_ROWS and s.n > 0 and beats_teacher(s, picker.stat("teacher", col.task, p, s.seeds))
+                     for s, p in zip(stats, col.parts)]
             cells.append(CellResult(row, col, stats, paper[row].get(col.task), beats))
     return cells, columns, seeds, picker
 
@@ -377,7 +382,7 @@ def render_table(spec: TableSpec, runs_dir: Path, out_dir: Path, experiment_name
           f"seeds: {', '.join(map(str, seeds)) or 'none'}.", "",
           markdown_table(header, grid), "",
           "Cell: ours, mean ± sample std over seeds, in % [n = seeds with a result] "
-          "(paper; Δ = ours − paper). `*`: a student row above our own teacher on that number. "
+          "(paper; Δ = ours − paper). `*`: a student row above our own teacher on that number, over the same seeds. "
           f"`{MISSING}`: no run.",
           "Rows from runs: teacher, student undistilled and KD from the `method=pkd` run; meta-teacher and "
           "no-curriculum rows from the `method=mpdistil` run with that meta loss and reward=binary "

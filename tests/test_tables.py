@@ -324,6 +324,24 @@ def test_render_table_markdown(table_runs: Path, tmp_path: Path) -> None:
     assert long[("mpdistil_com_real", "cb")]["n"] == "0" and long[("mpdistil_com_real", "cb")]["ours_mean"] == ""
 
 
+def test_beats_teacher_mark_pairs_seeds(tmp_path: Path) -> None:
+    """A student cell with fewer seeds than the teacher is compared with the teacher on its own seeds."""
+    runs = tmp_path / "runs"
+    for seed, teacher in ((1, 0.50), (2, 0.90)):
+        write_run(runs / "kd" / f"seed{seed}", task="cb", method="pkd", seed=seed,
+                  agents={"teacher": acc(teacher), "undistilled": acc(0.4), "student": acc(0.4)})
+    write_run(runs / "mpdistil" / "seed1", task="cb", method="mpdistil", seed=1,
+              agents={"teacher": acc(0.5), "undistilled": acc(0.4), "student": acc(0.4),
+                      "meta_teacher": acc(0.5), "mpdistil": acc(0.60)})
+    out = tables_py("render", "table1a", str(runs))
+    assert out.returncode == 0, out.stderr
+    md = (runs / "table1a.md").read_text()
+    cb = md_row(md, "row").index("CB")
+    assert md_row(md, "teacher")[cb].startswith("70.0 ± 28.3 [n=2]")
+    assert md_row(md, "MPDistil col + binary")[cb].startswith("60.0* [n=1]")  # 60 > 50 on seed 1, though < 70
+    assert md_row(md, "student, KD")[cb].startswith("40.0 ± 0.0 [n=2]")
+
+
 def test_render_pairs_and_single_seed(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write_run(runs / "mnli", task="mnli", method="pkd", seed=7, experiment_name="table4",
