@@ -325,6 +325,15 @@ def column_title(col: Column) -> str:
     return f"{col.title} ({'/'.join(labels)})" if labels else col.title
 
 
+def paired_delta(a: Stat, b: Stat) -> Optional[float]:
+    """a − b over the seeds both have, so a setting run on fewer seeds is not compared with other seeds."""
+    common = set(a.seeds) & set(b.seeds)
+    if not common:
+        return None
+    on_common = [statistics.fmean(v for v, seed in zip(st.values, st.seeds) if seed in common) for st in (a, b)]
+    return on_common[0] - on_common[1]
+
+
 def beats_teacher(student: Stat, teacher: Stat) -> bool:
     """Paired by seed: a cell with fewer seeds than the teacher row is compared on its own seeds only."""
     return teacher.seeds == student.seeds and student.mean > teacher.mean
@@ -474,7 +483,7 @@ def render_ablation(runs_dir: Path, out_dir: Path, agent: Optional[str]) -> str:
             st, te = stat(row.setting, t, row.agent), stat(row.setting, t, "teacher")
             mark = row.agent != "teacher" and st.n > 0 and te.n > 0 and st.mean > te.mean
             text = fmt_stat(st, mark)
-            delta = st.mean - full[t].mean if row.versus_full and st.n and full[t].n else None
+            delta = paired_delta(st, full[t]) if row.versus_full else None
             if st.n:
                 text += f" [n={st.n}]" + (f" (Δ full {fmt_delta(delta)})" if delta is not None else "")
             line.append(text)
@@ -486,8 +495,8 @@ def render_ablation(runs_dir: Path, out_dir: Path, agent: Optional[str]) -> str:
            else "the final student (MPDistil; the distilled student if the curriculum is off)")
     md = ["# Ablations against the full method", "",
           f"Runs: `{runs_dir}` ({len(runs)} ablation run(s)). Value: the task's main metric on the first dev split, "
-          f"in %, of {who}; mean ± sample std over seeds [n = seeds]; Δ full = value − full method. "
-          f"`*`: above the same runs' teacher. `{MISSING}`: no run.", "",
+          f"in %, of {who}; mean ± sample std over seeds [n = seeds]; Δ full = value − full method, "
+          f"on the seeds both have. `*`: above the same runs' teacher. `{MISSING}`: no run.", "",
           markdown_table(header, grid)]
     notes = scan_notes(scan, skipped, "not an ablation run: experiment_name does not start with 'ablation/'")
     if notes:
