@@ -326,17 +326,12 @@ def column_title(col: Column) -> str:
 
 
 def paired_delta(a: Stat, b: Stat) -> Optional[float]:
-    """a − b over the seeds both have, so a setting run on fewer seeds is not compared with other seeds."""
+    """a − b over the seeds both have (None if none), so a row run on fewer seeds is not compared with other seeds."""
     common = set(a.seeds) & set(b.seeds)
     if not common:
         return None
     on_common = [statistics.fmean(v for v, seed in zip(st.values, st.seeds) if seed in common) for st in (a, b)]
     return on_common[0] - on_common[1]
-
-
-def beats_teacher(student: Stat, teacher: Stat) -> bool:
-    """Paired by seed: a cell with fewer seeds than the teacher row is compared on its own seeds only."""
-    return teacher.seeds == student.seeds and student.mean > teacher.mean
 
 
 def build_table(spec: TableSpec, runs: Sequence[Run], tasks: Optional[Sequence[str]] = None
@@ -345,12 +340,13 @@ def build_table(spec: TableSpec, runs: Sequence[Run], tasks: Optional[Sequence[s
     seeds = sorted({r.seed for r in runs if r.task in {c.task for c in columns}})
     picker = Picker(runs)
     paper = PAPER[spec.paper]
+    teacher = {(c.task, i): picker.stat("teacher", c.task, p, seeds) for c in columns for i, p in enumerate(c.parts)}
     cells = []
     for row in ROWS:
         for col in columns:
             stats = [picker.stat(row, col.task, p, seeds) for p in col.parts]
-            beats = [row in STUDENT_ROWS and s.n > 0 and beats_teacher(s, picker.stat("teacher", col.task, p, s.seeds))
-                     for s, p in zip(stats, col.parts)]
+            beats = [row in STUDENT_ROWS and (paired_delta(s, teacher[(col.task, i)]) or 0) > 0
+                     for i, s in enumerate(stats)]
             cells.append(CellResult(row, col, stats, paper[row].get(col.task), beats))
     return cells, columns, seeds, picker
 
@@ -481,7 +477,7 @@ def render_ablation(runs_dir: Path, out_dir: Path, agent: Optional[str]) -> str:
         line = [row.label, row.description]
         for t in tasks:
             st, te = stat(row.setting, t, row.agent), stat(row.setting, t, "teacher")
-            mark = row.agent != "teacher" and st.n > 0 and te.n > 0 and st.mean > te.mean
+            mark = row.agent != "teacher" and (paired_delta(st, te) or 0) > 0
             text = fmt_stat(st, mark)
             delta = paired_delta(st, full[t]) if row.versus_full else None
             if st.n:
