@@ -2,7 +2,8 @@
 
     python experiments/tables.py run <table> [--tasks ...] [--seeds 1 2 3] [--data-dir DIR]
         [--runs-root runs] [--launcher joblib] [--base cpu_repro] [--settings ...] [--dry-run] [-- overrides]
-    python experiments/tables.py render <table> <runs_dir> [--out DIR] [--experiment-name NAME] [--agent ROW]
+    python experiments/tables.py render <table> <runs_dir | earlier CSV> ... [--out DIR] [--experiment-name NAME]
+        [--agent ROW]
 
 One run of ``method=mpdistil`` fills several rows (teacher, meta-teacher, no-curriculum student,
 MPDistil student), so ``run`` launches only the distinct runs: per task and seed one ``method=pkd``
@@ -11,7 +12,9 @@ multiruns per task (over seeds). Per task, so that a task that cannot run (e.g. 
 missing) stops only its own sweeps; the kd sweep goes first, so every teacher is fine-tuned once and
 read from the cache by the mpdistil sweep. A failed sweep does not stop the next one. ``render``
 rebuilds the table from whatever results.json files exist: a cell without a run stays ``—``;
-nothing is filled in from the paper.
+nothing is filled in from the paper. It also writes every value it used per seed
+(``<table>_seeds.csv``); given back as an input, that file lets seeds run later add to a table whose
+run folders are gone.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from paper_tables import (  # noqa: E402  (a script: its own folder is put on the path first)
-    CPU_GLUE_COLUMNS, GLUE_COLUMNS, PAPER, ROW_TITLES, ROWS, SUPERGLUE_COLUMNS, Cell, Column, Part,
+    CPU_GLUE_COLUMNS, GLUE_COLUMNS, PAPER, ROW_TITLES, ROWS, SUPERGLUE_COLUMNS, Cell, Column,
 )
 
 MISSING = "—"
@@ -222,21 +225,30 @@ def row_source(row: str, run: Run) -> Optional[tuple[str, int]]:
 
 @dataclass
 class Stat:
-    """Mean and sample std over seeds of one number, in percent."""
+    """Mean and sample std over seeds of one number, in percent.
+
+    ``summary`` holds (mean, std) of a cell kept from an earlier rendering's long CSV, whose per-seed
+    values are not known; ``values`` is then empty and ``seeds`` says which seeds the summary covers.
+    """
 
     values: list[float]
     seeds: list[int]
+    summary: Optional[tuple[float, Optional[float]]] = None
 
     @property
     def n(self) -> int:
-        return len(self.values)
+        return len(self.seeds)
 
     @property
     def mean(self) -> Optional[float]:
+        if self.summary:
+            return self.summary[0]
         return statistics.fmean(self.values) if self.values else None
 
     @property
     def std(self) -> Optional[float]:
+        if self.summary:
+            return self.summary[1]
         return statistics.stdev(self.values) if len(self.values) >= 2 else None
 
 
@@ -284,18 +296,6 @@ class Picker:
         agent = next(a for p, r, a in best if r is tied[-1] and p == top)
         return tied[-1], agent
 
-    def stat(self, row: str, task: str, part: Part, seeds: Iterable[int]) -> Stat:
-        values, used = [], []
-        for seed in seeds:
-            hit = self.pick(row, task, seed)
-            if hit is None:
-                continue
-            v = hit[0].value(hit[1], part.split, part.metric)
-            if v is not None:
-                values.append(v)
-                used.append(seed)
-        return Stat(values, used)
-
 
 # ---------------------------------------------------------------------------------------- rendering tables
 
@@ -327,6 +327,8 @@ def column_title(col: Column) -> str:
 
 def paired_delta(a: Stat, b: Stat) -> Optional[float]:
     """a − b over the seeds both have (None if none), so a row run on fewer seeds is not compared with other seeds."""
+    if a.summary or b.summary:  # kept summaries: comparable only over the very same seeds
+        return a.mean - b.mean if a.n and a.seeds == b.seeds else None
     common = set(a.seeds) & set(b.seeds)
     if not common:
         return None
@@ -334,26 +336,123 @@ def paired_delta(a: Stat, b: Stat) -> Optional[float]:
     return on_common[0] - on_common[1]
 
 
-def build_table(spec: TableSpec, runs: Sequence[Run], tasks: Optional[Sequence[str]] = None
-                ) -> tuple[list[CellResult], list[Column], list[int], Picker]:
-    columns = [c for c in spec.columns if tasks is None or c.task in tasks]
-    seeds = sorted({r.seed for r in runs if r.task in {c.task for c in columns}})
+Slot = tuple[str, str, int, int]  # (row, task, index of the column's part, seed)
+SEEDS_HEADER = ["table", "row", "task", "part", "split", "metric", "seed", "value", "run"]
+LONG_HEADER = ["table", "row", "row_title", "task", "column", "part", "split", "metric", "ours_mean", "ours_std",
+               "n", "seeds", "paper", "delta", "beats_teacher"]
+
+
+@dataclass
+class Inputs:
+    """What a table is rendered from: run folders, plus the CSVs an earlier rendering wrote.
+
+    ``<table>_seeds.csv`` holds one value per row, task, part and seed, so seeds run later (or on
+    another machine) add to a table whose run folders are gone. ``<table>_long.csv`` holds only
+    per-cell summaries: its cells fill a column that nothing else has a value for, whole.
+    """
+
+    folders: list[Path] = field(default_factory=list)
+    seeds_csvs: list[Path] = field(default_factory=list)
+    long_csvs: list[Path] = field(default_factory=list)
+
+
+def read_csv_rows(path: Path, table: str) -> tuple[str, list[dict[str, str]]]:
+    """('seeds' | 'long', rows) of a CSV written by ``render``; SystemExit with a one-line reason otherwise."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        rows = list(reader)
+    kind = "seeds" if header == SEEDS_HEADER else "long" if header == LONG_HEADER else None
+    if kind is None:
+        raise SystemExit(f"error: {path} is neither a <table>_seeds.csv nor a <table>_long.csv written by render")
+    other = sorted({r["table"] for r in rows} - {table})
+    if other:
+        raise SystemExit(f"error: {path} holds table {other[0]!r}, not {table!r}; pass the CSVs of {table!r}")
+    return kind, rows
+
+
+def build_table(spec: TableSpec, runs: Sequence[Run], inputs: Optional[Inputs] = None
+                ) -> tuple[list[CellResult], list[int], list[str], list[list[Any]]]:
+    """Cells, seeds, notes and per-seed rows, from runs, per-seed CSVs and (for columns nothing else fills) long CSVs."""
+    inputs = inputs or Inputs()
+    columns = list(spec.columns)
+    tasks = [c.task for c in columns]
     picker = Picker(runs)
+    notes: list[str] = []
+    values: dict[Slot, tuple[float, str]] = {}
+    for path in inputs.seeds_csvs:
+        for r in read_csv_rows(path, spec.name)[1]:
+            if r["row"] not in ROWS or r["task"] not in tasks:
+                raise SystemExit(f"error: {path} has row {r['row']!r} / task {r['task']!r}, which {spec.name!r} "
+                                 f"does not have; pass the CSVs of {spec.name!r}")
+            values[(r["row"], r["task"], int(r["part"]), int(r["seed"]))] = (float(r["value"]), r["run"])
+    run_seeds = sorted({r.seed for r in runs})
+    for row in ROWS:
+        for col in columns:
+            for i, part in enumerate(col.parts):
+                for seed in run_seeds:
+                    hit = picker.pick(row, col.task, seed)
+                    v = hit[0].value(hit[1], part.split, part.metric) if hit else None
+                    if v is None:
+                        continue
+                    slot = (row, col.task, i, seed)
+                    if slot in values and abs(values[slot][0] - v) > 5e-5:
+                        notes.append(f"{ROW_TITLES[row]} / {col.task} / seed {seed}: run {hit[0].path} gives "
+                                     f"{v:.4f}, a seeds CSV {values[slot][0]:.4f} (run {values[slot][1]}); "
+                                     f"using the run")
+                    values[slot] = (v, str(hit[0].path))
+    kept: dict[tuple[str, str, int], dict[str, str]] = {}
+    kept_from: dict[str, str] = {}
+    for path in inputs.long_csvs:
+        for r in read_csv_rows(path, spec.name)[1]:
+            col = next((c for c in columns if c.task == r["task"]), None)
+            labels = [p.label for p in col.parts] if col else []
+            if col is not None and r["row"] in ROWS and r["part"] in labels and int(r["n"]):
+                kept[(r["row"], r["task"], labels.index(r["part"]))] = r
+                kept_from[r["task"]] = path.name
+    filled = {slot[1] for slot in values}
+    kept_tasks = [t for t in tasks if t not in filled and t in kept_from]
+    for name in dict.fromkeys(kept_from[t] for t in kept_tasks):
+        notes.append(f"{', '.join(t for t in kept_tasks if kept_from[t] == name)}: cells kept from `{name}`, an "
+                     f"earlier rendering (no run or per-seed value for these columns among the inputs), with its "
+                     f"teacher marks")
+
+    def stat(row: str, task: str, i: int) -> Stat:
+        if task in kept_tasks:
+            r = kept.get((row, task, i))
+            if r is None:
+                return Stat([], [])
+            std = float(r["ours_std"]) if r["ours_std"] else None
+            return Stat([], [int(x) for x in r["seeds"].split()], (float(r["ours_mean"]), std))
+        seeds = sorted(sd for (rw, t, j, sd) in values if (rw, t, j) == (row, task, i))
+        return Stat([values[(row, task, i, sd)][0] for sd in seeds], seeds)
+
     paper = PAPER[spec.paper]
-    teacher = {(c.task, i): picker.stat("teacher", c.task, p, seeds) for c in columns for i, p in enumerate(c.parts)}
     cells = []
     for row in ROWS:
         for col in columns:
-            stats = [picker.stat(row, col.task, p, seeds) for p in col.parts]
-            beats = [row in STUDENT_ROWS and (paired_delta(s, teacher[(col.task, i)]) or 0) > 0
-                     for i, s in enumerate(stats)]
+            stats = [stat(row, col.task, i) for i in range(len(col.parts))]
+            if col.task in kept_tasks:
+                beats = [bool(int(kept[(row, col.task, i)]["beats_teacher"])) if (row, col.task, i) in kept
+                         else False for i in range(len(col.parts))]
+            else:
+                beats = [row in STUDENT_ROWS and (paired_delta(s, stat("teacher", col.task, i)) or 0) > 0
+                         for i, s in enumerate(stats)]
             cells.append(CellResult(row, col, stats, paper[row].get(col.task), beats))
-    return cells, columns, seeds, picker
+    seeds = sorted({sd for c in cells for s in c.stats for sd in s.seeds})
+    seed_rows = []
+    for (row, task, i, sd) in sorted(values, key=lambda k: (ROWS.index(k[0]), tasks.index(k[1]), k[2], k[3])):
+        part = columns[tasks.index(task)].parts[i]
+        v, run = values[(row, task, i, sd)]
+        seed_rows.append([spec.name, row, task, i, part.split, part.metric, sd, repr(v), run])
+    return cells, seeds, picker.notes + notes, seed_rows
 
 
-def portable(text: str, runs_dir: Path) -> str:
-    """Paths in a rendered table relative to the runs folder, so a committed table names no machine's folders."""
-    return text.replace(f"{runs_dir}/", "").replace(str(runs_dir), runs_dir.name)
+def portable(text: str, folders: Sequence[Path]) -> str:
+    """Paths relative to the runs folders, so a committed table names no machine's folders."""
+    for d in folders:
+        text = text.replace(f"{d}/", "").replace(str(d), d.name)
+    return text
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -373,17 +472,23 @@ def scan_notes(scan: Scan, skipped: list[Run], why: str) -> list[str]:
     return notes
 
 
-def render_table(spec: TableSpec, runs_dir: Path, out_dir: Path, experiment_name: Optional[str]) -> str:
-    scan = scan_runs(runs_dir)
+def render_table(spec: TableSpec, inputs: Inputs, out_dir: Path, experiment_name: Optional[str]) -> str:
+    """Write ``<table>.md``, ``.csv`` (wide), ``_long.csv`` (per cell) and ``_seeds.csv`` (per seed) to out_dir."""
     accept = experiment_name or spec.name
-    runs = [r for r in scan.runs if r.experiment_name in (None, accept)]
-    skipped = [r for r in scan.runs if r not in runs]
-    cells, columns, seeds, picker = build_table(spec, runs)
+    runs: list[Run] = []
+    notes: list[str] = []
+    for folder in inputs.folders:
+        scan = scan_runs(folder)
+        mine = [r for r in scan.runs if r.experiment_name in (None, accept)]
+        runs += mine
+        notes += scan_notes(scan, [r for r in scan.runs if r not in mine], f"experiment_name is not {accept!r}")
+    cells, seeds, table_notes, seed_rows = build_table(spec, runs, inputs)
     by = {(c.row, c.column.task): c for c in cells}
-    header = ["row"] + [column_title(c) for c in columns]
-    grid = [[ROW_TITLES[row]] + [by[(row, c.task)].text() for c in columns] for row in ROWS]
+    header = ["row"] + [column_title(c) for c in spec.columns]
+    grid = [[ROW_TITLES[row]] + [by[(row, c.task)].text() for c in spec.columns] for row in ROWS]
+    sources = [f"`{f}`" for f in inputs.folders] + [f"`{f.name}`" for f in inputs.seeds_csvs + inputs.long_csvs]
     md = [f"# {spec.title}", "",
-          f"Runs: `{runs_dir}` ({len(runs)} run(s) of experiment `{accept}` or unnamed); "
+          f"From {', '.join(sources)}: {len(runs)} run(s) of experiment `{accept}` or unnamed; "
           f"seeds: {', '.join(map(str, seeds)) or 'none'}.", "",
           markdown_table(header, grid), "",
           "Cell: ours, mean ± sample std over seeds, in % [n = seeds with a result] "
@@ -391,16 +496,12 @@ def render_table(spec: TableSpec, runs_dir: Path, out_dir: Path, experiment_name
           f"`{MISSING}`: no run.",
           "Rows from runs: teacher, student undistilled and KD from the `method=pkd` run; meta-teacher and "
           "no-curriculum rows from the `method=mpdistil` run with that meta loss and reward=binary "
-          "(reward=real when the binary run is missing); MPDistil rows from the matching run."]
-    notes = scan_notes(scan, skipped, f"experiment_name is not {accept!r}") + picker.notes
+          "(reward=real when the binary run is missing); MPDistil rows from the matching run. "
+          f"Per-seed values: `{spec.name}_seeds.csv`."]
+    notes += table_notes
     if notes:
         md += ["", "Notes:"] + [f"- {n}" for n in notes]
-    text = portable("\n".join(md) + "\n", runs_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{spec.name}.md").write_text(text)
-    write_csv(out_dir / f"{spec.name}.csv", header, grid)
-    long_header = ["table", "row", "row_title", "task", "column", "part", "split", "metric", "ours_mean",
-                   "ours_std", "n", "seeds", "paper", "delta", "beats_teacher"]
+    text = portable("\n".join(md) + "\n", inputs.folders)
     long_rows = []
     for c in cells:
         for i, (part, stat) in enumerate(zip(c.column.parts, c.stats)):
@@ -409,7 +510,12 @@ def render_table(spec: TableSpec, runs_dir: Path, out_dir: Path, experiment_name
                               part.split, part.metric, _num(stat.mean), _num(stat.std), stat.n,
                               " ".join(map(str, stat.seeds)), _num(paper),
                               _num(stat.mean - paper if stat.n and paper is not None else None), int(c.beats[i])])
-    write_csv(out_dir / f"{spec.name}_long.csv", long_header, long_rows)
+    seed_rows = [r[:-1] + [portable(r[-1], inputs.folders)] for r in seed_rows]
+    out_dir.mkdir(parents=True, exist_ok=True)  # every input is read above, so an output may overwrite one
+    (out_dir / f"{spec.name}.md").write_text(text)
+    write_csv(out_dir / f"{spec.name}.csv", header, grid)
+    write_csv(out_dir / f"{spec.name}_long.csv", LONG_HEADER, long_rows)
+    write_csv(out_dir / f"{spec.name}_seeds.csv", SEEDS_HEADER, seed_rows)
     return text
 
 
@@ -497,7 +603,7 @@ def render_ablation(runs_dir: Path, out_dir: Path, agent: Optional[str]) -> str:
     notes = scan_notes(scan, skipped, "not an ablation run: experiment_name does not start with 'ablation/'")
     if notes:
         md += ["", "Notes:"] + [f"- {n}" for n in notes]
-    text = portable("\n".join(md) + "\n", runs_dir)
+    text = portable("\n".join(md) + "\n", [runs_dir])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.md").write_text(text)
     write_csv(out_dir / "ablation.csv", header, grid)
@@ -630,18 +736,39 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     return 1 if failed else 0
 
 
+def classify_inputs(table: str, paths: Sequence[str]) -> Inputs:
+    """Sort render's inputs into run folders and the CSV kinds an earlier rendering wrote."""
+    inputs = Inputs()
+    for raw in paths:
+        path = Path(raw).expanduser().resolve()
+        if path.is_dir():
+            inputs.folders.append(path)
+        elif path.is_file() and path.suffix == ".csv" and table != "ablation":
+            kind, _ = read_csv_rows(path, table)
+            (inputs.seeds_csvs if kind == "seeds" else inputs.long_csvs).append(path)
+        else:
+            what = "a runs folder" if table == "ablation" else f"a runs folder or a {table}_seeds/_long.csv"
+            raise SystemExit(f"error: {path} is not {what}")
+    return inputs
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    runs_dir = Path(args.runs_dir).expanduser().resolve()
-    if not runs_dir.is_dir():
-        print(f"error: {runs_dir} is not a folder", file=sys.stderr)
-        return 2
-    out_dir = Path(args.out).expanduser().resolve() if args.out else runs_dir
-    if args.table == "ablation":
-        text = render_ablation(runs_dir, out_dir, args.agent)
+    inputs = classify_inputs(args.table, args.inputs)
+    if args.out:
+        out_dir = Path(args.out).expanduser().resolve()
+    elif inputs.folders:
+        out_dir = inputs.folders[0]
     else:
-        text = render_table(TABLES[args.table], runs_dir, out_dir, args.experiment_name)
+        raise SystemExit("error: no runs folder among the inputs to write into; give --out DIR")
+    if args.table == "ablation":
+        if len(inputs.folders) != 1:
+            raise SystemExit("error: the ablation renders from exactly one runs folder")
+        text = render_ablation(inputs.folders[0], out_dir, args.agent)
+    else:
+        text = render_table(TABLES[args.table], inputs, out_dir, args.experiment_name)
     print(text, end="")
-    print(f"\n[tables] wrote {out_dir}/{args.table}.md, .csv and _long.csv", file=sys.stderr)
+    written = ".csv and _long.csv" if args.table == "ablation" else ".csv, _long.csv and _seeds.csv"
+    print(f"\n[tables] wrote {out_dir}/{args.table}.md, {written}", file=sys.stderr)
     return 0
 
 
@@ -664,10 +791,12 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     r.add_argument("--only", choices=["kd", "mpdistil"],
                    help="tables only: run just this sweep per task, e.g. to finish a table whose other sweep exists")
     r.add_argument("--dry-run", action="store_true", help="print the commands only")
-    d = sub.add_parser("render", help="rebuild a table from the results.json files under runs_dir")
+    d = sub.add_parser("render", help="rebuild a table from the results.json files under runs folders")
     d.add_argument("table", choices=kinds)
-    d.add_argument("runs_dir")
-    d.add_argument("--out", help="output folder (default: runs_dir)")
+    d.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="a runs folder, or a <table>_seeds.csv / <table>_long.csv an earlier render wrote "
+                        "(values from runs win over a seeds CSV; a long CSV fills only columns nothing else has)")
+    d.add_argument("--out", help="output folder (default: the first runs folder)")
     d.add_argument("--experiment-name", help="tables: accept runs of this experiment_name instead of the table's")
     d.add_argument("--agent", help="ablation: agent row to show (default: the final student)")
     args = p.parse_args(argv)

@@ -363,6 +363,87 @@ def test_render_pairs_and_single_seed(tmp_path: Path) -> None:
     assert md_row(md, "MPDistil col + binary")[stsb] == "— (89.1/88.9)"
 
 
+def md_grid(md: str) -> list[str]:
+    return [ln for ln in md.splitlines() if ln.startswith("| ")]
+
+
+def long_cells(path: Path) -> dict[tuple[str, str, str], tuple[str, ...]]:
+    with open(path) as f:
+        return {(r["row"], r["task"], r["part"]): (r["ours_mean"], r["ours_std"], r["n"], r["seeds"], r["beats_teacher"])
+                for r in csv.DictReader(f)}
+
+
+def test_seeds_csv_rerenders_the_table_and_takes_new_seeds(table_runs: Path, tmp_path: Path) -> None:
+    """The per-seed CSV alone rebuilds the table; a later seed's runs add to it; a run beats a stale value."""
+    first = tmp_path / "first"
+    assert tables_py("render", "table1a", str(table_runs), "--out", str(first)).returncode == 0
+    with open(first / "table1a_seeds.csv") as f:
+        seeds = list(csv.DictReader(f))
+    kd1 = next(r for r in seeds if (r["row"], r["task"], r["seed"]) == ("kd", "cb", "1"))
+    assert float(kd1["value"]) == pytest.approx(83.0) and kd1["run"] == "kd/cb/seed1/pkd"
+    assert str(table_runs) not in (first / "table1a_seeds.csv").read_text()
+
+    again = tables_py("render", "table1a", str(first / "table1a_seeds.csv"), "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    assert md_grid(again.stdout) == md_grid((first / "table1a.md").read_text())
+    assert long_cells(tmp_path / "again" / "table1a_long.csv") == long_cells(first / "table1a_long.csv")
+
+    later = tmp_path / "later"
+    write_run(later / "kd/cb/seed4/pkd", task="cb", method="pkd", seed=4,
+              agents={"teacher": acc(0.86), "undistilled": acc(0.74), "student": acc(0.70)})
+    write_run(later / "kd/cb/seed1/pkd", task="cb", method="pkd", seed=1,  # a rerun that disagrees with the CSV
+              agents={"teacher": acc(0.80), "undistilled": acc(0.70), "student": acc(0.81)})
+    merged = tables_py("render", "table1a", str(first / "table1a_seeds.csv"), str(later), "--out", str(first))
+    assert merged.returncode == 0, merged.stderr
+    md = (first / "table1a.md").read_text()
+    cb = md_row(md, "row").index("CB")
+    assert md_row(md, "teacher")[cb].startswith("83.0 ± 2.6 [n=4]")  # 80, 82, 84 from the CSV + 86
+    assert md_row(md, "student, KD")[cb].startswith("80.8 ± 7.6 [n=4]")  # 81 (the rerun), 85, 87, 70
+    assert "seed 1: run kd/cb/seed1/pkd gives 81.0000, a seeds CSV 83.0000" in md
+    assert md_row(md, "MPDistil col + binary")[cb].startswith("88.0 ± 2.0* [n=3]")  # untouched, still marked
+
+
+def test_long_csv_keeps_only_columns_nothing_else_fills(table_runs: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert tables_py("render", "table1a", str(table_runs), "--out", str(first)).returncode == 0
+    long_csv = first / "table1a_long.csv"
+    kept = tables_py("render", "table1a", str(long_csv), "--out", str(tmp_path / "kept"))
+    assert kept.returncode == 0, kept.stderr
+    assert md_grid(kept.stdout) == md_grid((first / "table1a.md").read_text())  # marks and stds carried over
+    assert "- cb: cells kept from `table1a_long.csv`" in kept.stdout
+    with open(tmp_path / "kept" / "table1a_seeds.csv") as f:
+        assert list(csv.DictReader(f)) == []  # a summary has no per-seed values to pass on
+
+    copa = tmp_path / "copa"
+    write_run(copa / "kd/copa/seed1/pkd", task="copa", method="pkd", seed=1,
+              agents={"teacher": acc(0.60), "undistilled": acc(0.55), "student": acc(0.62)})
+    both = tables_py("render", "table1a", str(long_csv), str(copa), "--out", str(tmp_path / "both"))
+    md = both.stdout
+    header = md_row(md, "row")
+    assert md_row(md, "student, KD")[header.index("COPA")].startswith("62.0* [n=1]")
+    assert md_row(md, "student, KD")[header.index("CB")] == "85.0 ± 2.0* [n=3] (80.4; Δ +4.6)"
+
+    cb = tmp_path / "cb"
+    write_run(cb / "kd/cb/seed9/pkd", task="cb", method="pkd", seed=9,
+              agents={"teacher": acc(0.50), "undistilled": acc(0.50), "student": acc(0.40)})
+    fresh = tables_py("render", "table1a", str(long_csv), str(cb), "--out", str(tmp_path / "fresh")).stdout
+    assert md_row(fresh, "student, KD")[header.index("CB")].startswith("40.0 [n=1]")  # runs replace the column
+    assert md_row(fresh, "MPDistil col + binary")[header.index("CB")] == "— (83.9)"  # whole: no stale cells beside
+    assert "cells kept" not in fresh
+
+
+def test_render_refuses_another_tables_csv_before_writing(table_runs: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert tables_py("render", "table1a", str(table_runs), "--out", str(first)).returncode == 0
+    before = (first / "table1a.md").read_text()
+    out = tables_py("render", "table4", str(first / "table1a_seeds.csv"), "--out", str(first))
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("error:") and "holds table 'table1a'" in out.stderr
+    assert not (first / "table4.md").exists() and (first / "table1a.md").read_text() == before
+    bad = tables_py("render", "table1a", str(first / "table1a.md"), "--out", str(first))
+    assert bad.returncode != 0 and "is not a runs folder or a table1a_seeds/_long.csv" in bad.stderr
+
+
 def test_render_ablation(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for seed, (full, pilot) in zip((1, 2), ((0.80, 0.70), (0.82, 0.74))):
