@@ -371,26 +371,23 @@ def read_csv_rows(path: Path, table: str) -> tuple[str, list[dict[str, str]]]:
     return kind, rows
 
 
-def build_table(spec: TableSpec, runs: Sequence[Run], inputs: Optional[Inputs] = None
-                ) -> tuple[list[CellResult], list[int], list[str], list[list[Any]]]:
-    """Cells, seeds, notes and per-seed rows, from runs, per-seed CSVs and (for columns nothing else fills) long CSVs."""
-    inputs = inputs or Inputs()
-    columns = list(spec.columns)
-    tasks = [c.task for c in columns]
-    picker = Picker(runs)
-    notes: list[str] = []
+def seed_values(spec: TableSpec, runs: Sequence[Run], seeds_csvs: Sequence[Path]
+                ) -> tuple[dict[Slot, tuple[float, str]], list[str]]:
+    """Every (value, run) per slot: from the seeds CSVs, then from the runs, which win a disagreement."""
+    tasks = [c.task for c in spec.columns]
     values: dict[Slot, tuple[float, str]] = {}
-    for path in inputs.seeds_csvs:
+    for path in seeds_csvs:
         for r in read_csv_rows(path, spec.name)[1]:
             if r["row"] not in ROWS or r["task"] not in tasks:
                 raise SystemExit(f"error: {path} has row {r['row']!r} / task {r['task']!r}, which {spec.name!r} "
                                  f"does not have; pass the CSVs of {spec.name!r}")
             values[(r["row"], r["task"], int(r["part"]), int(r["seed"]))] = (float(r["value"]), r["run"])
-    run_seeds = sorted({r.seed for r in runs})
+    picker = Picker(runs)
+    notes = picker.notes
     for row in ROWS:
-        for col in columns:
+        for col in spec.columns:
             for i, part in enumerate(col.parts):
-                for seed in run_seeds:
+                for seed in sorted({r.seed for r in runs}):
                     hit = picker.pick(row, col.task, seed)
                     v = hit[0].value(hit[1], part.split, part.metric) if hit else None
                     if v is None:
@@ -401,21 +398,37 @@ def build_table(spec: TableSpec, runs: Sequence[Run], inputs: Optional[Inputs] =
                                      f"{v:.4f}, a seeds CSV {values[slot][0]:.4f} (run {values[slot][1]}); "
                                      f"using the run")
                     values[slot] = (v, str(hit[0].path))
+    return values, notes
+
+
+def kept_cells(spec: TableSpec, long_csvs: Sequence[Path], filled: set[str]
+               ) -> tuple[dict[tuple[str, str, int], dict[str, str]], list[str], list[str]]:
+    """Long-CSV rows per (row, task, part) for the columns not in ``filled``; those columns; notes."""
     kept: dict[tuple[str, str, int], dict[str, str]] = {}
     kept_from: dict[str, str] = {}
-    for path in inputs.long_csvs:
+    for path in long_csvs:
         for r in read_csv_rows(path, spec.name)[1]:
-            col = next((c for c in columns if c.task == r["task"]), None)
+            col = next((c for c in spec.columns if c.task == r["task"]), None)
             labels = [p.label for p in col.parts] if col else []
-            if col is not None and r["row"] in ROWS and r["part"] in labels and int(r["n"]):
+            if col is not None and col.task not in filled and r["row"] in ROWS and r["part"] in labels and int(r["n"]):
                 kept[(r["row"], r["task"], labels.index(r["part"]))] = r
                 kept_from[r["task"]] = path.name
-    filled = {slot[1] for slot in values}
-    kept_tasks = [t for t in tasks if t not in filled and t in kept_from]
-    for name in dict.fromkeys(kept_from[t] for t in kept_tasks):
-        notes.append(f"{', '.join(t for t in kept_tasks if kept_from[t] == name)}: cells kept from `{name}`, an "
-                     f"earlier rendering (no run or per-seed value for these columns among the inputs), with its "
-                     f"teacher marks")
+    tasks = [c.task for c in spec.columns if c.task in kept_from]
+    notes = [f"{', '.join(t for t in tasks if kept_from[t] == name)}: cells kept from `{name}`, an earlier "
+             f"rendering (no run or per-seed value for these columns among the inputs), with its teacher marks"
+             for name in dict.fromkeys(kept_from[t] for t in tasks)]
+    return kept, tasks, notes
+
+
+def build_table(spec: TableSpec, runs: Sequence[Run], inputs: Optional[Inputs] = None
+                ) -> tuple[list[CellResult], list[int], list[str], list[list[Any]]]:
+    """Cells, seeds, notes and per-seed rows, from runs, per-seed CSVs and (for columns nothing else fills) long CSVs."""
+    inputs = inputs or Inputs()
+    columns = list(spec.columns)
+    tasks = [c.task for c in columns]
+    values, notes = seed_values(spec, runs, inputs.seeds_csvs)
+    kept, kept_tasks, kept_notes = kept_cells(spec, inputs.long_csvs, {slot[1] for slot in values})
+    notes += kept_notes
 
     def stat(row: str, task: str, i: int) -> Stat:
         if task in kept_tasks:
@@ -445,7 +458,7 @@ def build_table(spec: TableSpec, runs: Sequence[Run], inputs: Optional[Inputs] =
         part = columns[tasks.index(task)].parts[i]
         v, run = values[(row, task, i, sd)]
         seed_rows.append([spec.name, row, task, i, part.split, part.metric, sd, repr(v), run])
-    return cells, seeds, picker.notes + notes, seed_rows
+    return cells, seeds, notes, seed_rows
 
 
 def portable(text: str, folders: Sequence[Path]) -> str:
