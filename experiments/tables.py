@@ -352,8 +352,8 @@ class Inputs:
     """
 
     folders: list[Path] = field(default_factory=list)
-    seeds_csvs: list[Path] = field(default_factory=list)
-    long_csvs: list[Path] = field(default_factory=list)
+    seeds_csvs: dict[Path, list[dict[str, str]]] = field(default_factory=dict)  # path -> its rows
+    long_csvs: dict[Path, list[dict[str, str]]] = field(default_factory=dict)
 
 
 def read_csv_rows(path: Path, table: str) -> tuple[str, list[dict[str, str]]]:
@@ -371,25 +371,28 @@ def read_csv_rows(path: Path, table: str) -> tuple[str, list[dict[str, str]]]:
     return kind, rows
 
 
-def seed_values(spec: TableSpec, runs: Sequence[Run], seeds_csvs: Sequence[Path]
+def seed_values(spec: TableSpec, runs: Sequence[Run], seeds_csvs: dict[Path, list[dict[str, str]]]
                 ) -> tuple[dict[Slot, tuple[float, str]], list[str]]:
     """Every (value, run) per slot: from the seeds CSVs, then from the runs, which win a disagreement."""
     tasks = [c.task for c in spec.columns]
     values: dict[Slot, tuple[float, str]] = {}
-    for path in seeds_csvs:
-        for r in read_csv_rows(path, spec.name)[1]:
+    for path, rows in seeds_csvs.items():
+        for r in rows:
             if r["row"] not in ROWS or r["task"] not in tasks:
                 raise SystemExit(f"error: {path} has row {r['row']!r} / task {r['task']!r}, which {spec.name!r} "
                                  f"does not have; pass the CSVs of {spec.name!r}")
             values[(r["row"], r["task"], int(r["part"]), int(r["seed"]))] = (float(r["value"]), r["run"])
     picker = Picker(runs)
     notes = picker.notes
+    seeds = sorted({r.seed for r in runs})
     for row in ROWS:
         for col in spec.columns:
-            for i, part in enumerate(col.parts):
-                for seed in sorted({r.seed for r in runs}):
-                    hit = picker.pick(row, col.task, seed)
-                    v = hit[0].value(hit[1], part.split, part.metric) if hit else None
+            for seed in seeds:
+                hit = picker.pick(row, col.task, seed)
+                if hit is None:
+                    continue
+                for i, part in enumerate(col.parts):
+                    v = hit[0].value(hit[1], part.split, part.metric)
                     if v is None:
                         continue
                     slot = (row, col.task, i, seed)
@@ -401,13 +404,13 @@ def seed_values(spec: TableSpec, runs: Sequence[Run], seeds_csvs: Sequence[Path]
     return values, notes
 
 
-def kept_cells(spec: TableSpec, long_csvs: Sequence[Path], filled: set[str]
+def kept_cells(spec: TableSpec, long_csvs: dict[Path, list[dict[str, str]]], filled: set[str]
                ) -> tuple[dict[tuple[str, str, int], dict[str, str]], list[str], list[str]]:
     """Long-CSV rows per (row, task, part) for the columns not in ``filled``; those columns; notes."""
     kept: dict[tuple[str, str, int], dict[str, str]] = {}
     kept_from: dict[str, str] = {}
-    for path in long_csvs:
-        for r in read_csv_rows(path, spec.name)[1]:
+    for path, rows in long_csvs.items():
+        for r in rows:
             col = next((c for c in spec.columns if c.task == r["task"]), None)
             labels = [p.label for p in col.parts] if col else []
             if col is not None and col.task not in filled and r["row"] in ROWS and r["part"] in labels and int(r["n"]):
@@ -446,8 +449,7 @@ def build_table(spec: TableSpec, runs: Sequence[Run], inputs: Optional[Inputs] =
         for col in columns:
             stats = [stat(row, col.task, i) for i in range(len(col.parts))]
             if col.task in kept_tasks:
-                beats = [bool(int(kept[(row, col.task, i)]["beats_teacher"])) if (row, col.task, i) in kept
-                         else False for i in range(len(col.parts))]
+                beats = [kept.get((row, col.task, i), {}).get("beats_teacher") == "1" for i in range(len(col.parts))]
             else:
                 beats = [row in STUDENT_ROWS and (paired_delta(s, stat("teacher", col.task, i)) or 0) > 0
                          for i, s in enumerate(stats)]
@@ -499,7 +501,7 @@ def render_table(spec: TableSpec, inputs: Inputs, out_dir: Path, experiment_name
     by = {(c.row, c.column.task): c for c in cells}
     header = ["row"] + [column_title(c) for c in spec.columns]
     grid = [[ROW_TITLES[row]] + [by[(row, c.task)].text() for c in spec.columns] for row in ROWS]
-    sources = [f"`{f}`" for f in inputs.folders] + [f"`{f.name}`" for f in inputs.seeds_csvs + inputs.long_csvs]
+    sources = [f"`{f}`" for f in inputs.folders] + [f"`{f.name}`" for f in [*inputs.seeds_csvs, *inputs.long_csvs]]
     md = [f"# {spec.title}", "",
           f"From {', '.join(sources)}: {len(runs)} run(s) of experiment `{accept}` or unnamed; "
           f"seeds: {', '.join(map(str, seeds)) or 'none'}.", "",
@@ -757,8 +759,8 @@ def classify_inputs(table: str, paths: Sequence[str]) -> Inputs:
         if path.is_dir():
             inputs.folders.append(path)
         elif path.is_file() and path.suffix == ".csv" and table != "ablation":
-            kind, _ = read_csv_rows(path, table)
-            (inputs.seeds_csvs if kind == "seeds" else inputs.long_csvs).append(path)
+            kind, rows = read_csv_rows(path, table)
+            (inputs.seeds_csvs if kind == "seeds" else inputs.long_csvs)[path] = rows
         else:
             what = "a runs folder" if table == "ablation" else f"a runs folder or a {table}_seeds/_long.csv"
             raise SystemExit(f"error: {path} is not {what}")
