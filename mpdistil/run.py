@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from mpdistil.checkpoint import CacheEntry, student_cache_key
-from mpdistil.config import ConfigError, validate
+from mpdistil.config import ConfigError, cache_root, validate
 from mpdistil.context import AuxTask, RunContext, TaskInfo
 from mpdistil.data.encode import EncodedSplit, encode_examples
 from mpdistil.data.registry import get_task_spec, load_task, task_config_for
@@ -61,11 +61,6 @@ def seed_group(seed: int, index: int) -> None:
     random.seed(group_seed)
     np.random.seed(group_seed)
     torch.manual_seed(group_seed)
-
-
-def default_cache_dir(cfg: Any) -> Path:
-    root = cfg.cache_dir or os.environ.get("MPDISTIL_CACHE") or Path.home() / ".cache" / "mpdistil"
-    return Path(root).expanduser().resolve()
 
 
 def task_info(data: TaskData, task_cfg: Any) -> TaskInfo:
@@ -173,7 +168,7 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    cache_dir = default_cache_dir(cfg)
+    cache_dir = cache_root(cfg.cache_dir)
     data_dir = cfg.data_dir
     timings: dict[str, float] = {}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from mpdistil.config import ConfigError, validate
+from mpdistil.config import ConfigError, cache_root, validate
 from tests.helpers import CONF, main_py, make_cfg
 
 
@@ -52,3 +52,12 @@ def test_cli_errors_are_one_line(args, needle):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr[-2000:]
+
+
+def test_cache_root_prefers_the_config_then_the_environment_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPDISTIL_CACHE", str(tmp_path / "env"))
+    assert cache_root(str(tmp_path / "cfg")) == tmp_path / "cfg"
+    assert cache_root(None) == tmp_path / "env"
+    monkeypatch.delenv("MPDISTIL_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root(None) == (tmp_path / "home" / ".cache" / "mpdistil").resolve()

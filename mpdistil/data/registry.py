@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
+from mpdistil.config import cache_root
 from mpdistil.data.io import PathLike, row_error
 from mpdistil.data.types import DataError, Example, Kind, MissingTaskFiles, TaskData
 
@@ -156,11 +157,6 @@ def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     if isinstance(cfg, Mapping):
         return cfg.get(key, default)
     return getattr(cfg, key, default)
-
-
-def default_cache_dir() -> str:
-    """``$MPDISTIL_CACHE`` or ``~/.cache/mpdistil``, matching the top-level ``cache_dir`` default."""
-    return os.environ.get("MPDISTIL_CACHE") or str(Path.home() / ".cache" / "mpdistil")
 
 
 def resolve_path(path: PathLike) -> Path:
@@ -352,7 +348,7 @@ def load_task(task_cfg: Any, data_dir: Optional[PathLike] = None, cache_dir: Opt
     chosen = cfg_get(task_cfg, "data_dir") or data_dir
     chosen_str = str(chosen) if chosen else None
     if spec.loader is not None:
-        return spec.loader(spec, task_cfg, chosen_str, str(cache_dir or default_cache_dir()))
+        return spec.loader(spec, task_cfg, chosen_str, str(cache_root(cache_dir)))
     if chosen_str:
         return _load_local(spec, chosen_str)
     return _load_hub(spec, task_cfg)
