@@ -403,6 +403,20 @@ def test_seeds_csv_rerenders_the_table_and_takes_new_seeds(table_runs: Path, tmp
     assert md_row(md, "MPDistil col + binary")[cb].startswith("88.0 ± 2.0* [n=3]")  # untouched, still marked
 
 
+CPU_RESULTS = REPO / "experiments" / "results" / "cpu_repro"
+
+
+@pytest.mark.parametrize("table", ["cpu_repro", "cpu_repro_glue"])
+def test_committed_cpu_tables_rerender_from_their_csvs(table: str, tmp_path: Path) -> None:
+    """RUN.md promises the committed tables re-render from their two CSVs; a renderer change must keep that."""
+    out = tables_py("render", table, str(CPU_RESULTS / f"{table}_seeds.csv"), str(CPU_RESULTS / f"{table}_long.csv"),
+                    "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    for suffix in (".csv", "_long.csv", "_seeds.csv"):
+        assert (tmp_path / f"{table}{suffix}").read_bytes() == (CPU_RESULTS / f"{table}{suffix}").read_bytes(), suffix
+    assert md_grid((tmp_path / f"{table}.md").read_text()) == md_grid((CPU_RESULTS / f"{table}.md").read_text())
+
+
 def test_long_csv_keeps_only_columns_nothing_else_fills(table_runs: Path, tmp_path: Path) -> None:
     first = tmp_path / "first"
     assert tables_py("render", "table1a", str(table_runs), "--out", str(first)).returncode == 0
