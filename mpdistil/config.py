@@ -130,7 +130,7 @@ class TrainerConfig:
     reuse_cache: bool = True  # reuse fine-tuned teachers / distilled students cached by earlier runs
     selection_split: str = "dev"  # dev | quiz
     save_student: bool = True
-    save_teacher: bool = False  # also write the fine-tuned teacher as an HF folder (for mpdistil.evaluate)
+    save_teacher: bool = False  # also write the fine-tuned teacher as an HF folder (for mpdistil.compare)
     # resumable checkpoint in <run dir>/checkpoint/ every N epochs/episodes and after each phase group (0: never);
     # each one holds every agent, optimizer and best-so-far state, so for large models raise N
     checkpoint_every: int = 1

@@ -2,7 +2,7 @@
 
 Read this file to follow a run; each phase lives in ``mpdistil/phases/``. A checkpoint in
 ``<run dir>/checkpoint/`` after every epoch/episode and every phase group lets a killed run
-continue where it stopped (``mpdistil/resume.py``).
+continue where it stopped (``mpdistil/checkpoints.py``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from mpdistil.checkpoint import CacheEntry, student_cache_key
+from mpdistil.caches import CacheEntry, student_cache_key
 from mpdistil.config import ConfigError, cache_root, validate
 from mpdistil.context import AuxTask, RunContext, TaskInfo
 from mpdistil.data.encode import EncodedSplit, encode_examples
@@ -32,7 +32,7 @@ from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolv
 from mpdistil.phases import PHASES
 from mpdistil.atomic import write_json
 from mpdistil.results import format_table, machine_info, peak_memory
-from mpdistil.resume import (Checkpoint, Position, data_fingerprint, kill_point, restore, run_identity, set_rng_state,
+from mpdistil.checkpoints import (Checkpoint, Position, data_fingerprint, kill_point, restore, run_identity, set_rng_state,
                              verify_checkpoint)
 from mpdistil.training import Runtime, resolve_device
 

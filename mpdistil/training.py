@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mpdistil.data.encode import EncodedSplit, iterate, model_inputs
-from mpdistil.resume import kill_point
+from mpdistil.checkpoints import kill_point
 
 
 class NonFiniteLossError(RuntimeError):

@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 from mpdistil.data import encode
 from mpdistil.data.types import Example
 from mpdistil.models.loading import load_tokenizer, resolve_model_source
-from mpdistil.resume import CheckpointError
+from mpdistil.checkpoints import CheckpointError
 from tests.conftest import shared_data_or_skip
 from tests.helpers import run_cfg
 from tests.test_resume import TINY, finish, launch

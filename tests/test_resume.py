@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mpdistil.config import ConfigError
-from mpdistil.resume import KILL_ENV, KILL_SIGNAL_ENV, CheckpointError
+from mpdistil.checkpoints import KILL_ENV, KILL_SIGNAL_ENV, CheckpointError
 from tests.conftest import shared_data_or_skip
 from tests.helpers import FAST, REPO, run_cfg
 

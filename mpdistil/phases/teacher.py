@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from mpdistil.checkpoint import CacheEntry, teacher_cache_key
+from mpdistil.caches import CacheEntry, teacher_cache_key
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import hard_loss
 from mpdistil.phases import TrainingPhase, register_phase

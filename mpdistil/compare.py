@@ -1,6 +1,6 @@
 """Compare two saved models on a task without training:
 
-    python -m mpdistil.evaluate teacher=<folder> student=<folder> task=<name> [data_dir=...] [out=report.json]
+    python -m mpdistil.compare teacher=<folder> student=<folder> task=<name> [data_dir=...] [out=report.json]
 
 Both folders are ``save_pretrained`` sequence classifiers sharing a tokenizer (a run's ``student/``
 folder is one; ``trainer.save_teacher=true`` also writes ``teacher/``). Prints task metrics of
@@ -17,7 +17,7 @@ import torch
 from mpdistil.config import ConfigError, TrainerConfig, cache_root
 from mpdistil.errors import fail_cleanly
 
-USAGE = ("usage: python -m mpdistil.evaluate teacher=<folder> student=<folder> task=<name> [data_dir=<folder>] "
+USAGE = ("usage: python -m mpdistil.compare teacher=<folder> student=<folder> task=<name> [data_dir=<folder>] "
          "[max_examples=N] [attribution=gxi|ig|none] [device=auto|cpu|cuda] [out=<file.json>]")
 KEYS = {"teacher", "student", "task", "data_dir", "max_examples", "attribution", "device", "out", "batch_size",
         "cache_dir"}

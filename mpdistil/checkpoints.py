@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mpdistil.checkpoint import file_checksum, fingerprint, split_fingerprint
+from mpdistil.caches import file_checksum, fingerprint, split_fingerprint
 from mpdistil.config import ConfigError
 from mpdistil.atomic import torch_save, write_json
 from mpdistil.data.encode import EncodedSplit

@@ -1,10 +1,10 @@
-"""`python -m mpdistil.evaluate` compares two saved models without training."""
+"""`python -m mpdistil.compare` compares two saved models without training."""
 from __future__ import annotations
 
 import pytest
 
 from mpdistil.config import ConfigError
-from mpdistil.evaluate import evaluate_pair, parse_args
+from mpdistil.compare import evaluate_pair, parse_args
 from mpdistil.models.agent import build_agents
 from tests.conftest import shared_data_or_skip
 from tests.test_models import tiny_cfg
