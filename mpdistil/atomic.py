@@ -1,5 +1,6 @@
 """Every file a run or a cache writes goes through here: temporary file beside the target, fsync,
-rename. A kill at any moment leaves the old file or the new one, never a truncated one."""
+rename. A kill at any moment leaves the old file or the new one, never a truncated one. Torch files hold
+tensors and plain containers only and are read back with ``weights_only=True``."""
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,38 @@ def write_json(path: PathLike, obj: Any, indent: int = 2) -> Path:
     return write_text(path, json.dumps(obj, indent=indent, default=_jsonable) + "\n")
 
 
-def torch_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` to a path (not a Python file object), so no Python code runs mid-write."""
+def plain(obj: Any) -> Any:
+    """Tensors and plain containers only: NumPy scalars become Python numbers and NumPy arrays tensors, so that
+    everything written with :func:`torch_save` loads with ``weights_only=True``."""
+    import numpy as np
     import torch
 
-    return write_with(path, lambda tmp: torch.save(obj, tmp))
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [plain(v) for v in obj]
+        return out if isinstance(obj, list) else tuple(out)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (torch.Tensor, str, int, float, bool, type(None))):
+        return obj
+    raise TypeError(f"{type(obj).__name__} cannot be stored in a weights-only file")
+
+
+def torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` of tensors and plain containers to a path (not a Python file object), atomically."""
+    import torch
+
+    data = plain(obj)
+    return write_with(path, lambda tmp: torch.save(data, tmp))
+
+
+def torch_load(path: PathLike) -> Any:
+    """Read a file written by :func:`torch_save` without unpickling code: caches and checkpoints live in folders
+    that several jobs and users share, so a file that needs more than tensors and containers is an error
+    (``pickle.UnpicklingError``) for the caller to refuse, never something to run."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -6,16 +6,16 @@ the checkpoint holds every agent, optimizer, best-so-far state, phase history, t
 rows, the RNG states and where the run was. Data order needs no state: each epoch's order comes
 from ``ctx.generator(phase, epoch)``.
 
-Layout: ``state-g<group>-e<epoch>.pt`` and ``meta.json`` naming it, with its sha256, the config
-it belongs to and a fingerprint of the data. ``meta.json`` is replaced last and older state
-files are deleted after it, so a kill at any moment leaves one complete checkpoint behind.
+Layout: ``state-g<group>-e<epoch>.pt`` (tensors and plain containers, read with ``weights_only=True``)
+and ``meta.json`` naming it, with its sha256 and the run's identity (:mod:`mpdistil.identity`: every
+field that can change a result, and the data's content hash). ``meta.json`` is replaced last and
+older state files are deleted after it, so a kill at any moment leaves one complete checkpoint behind.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import time
@@ -23,21 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
-import torch
-from omegaconf import OmegaConf
-
-from mpdistil.caches import file_checksum, fingerprint, split_fingerprint
+from mpdistil.atomic import torch_load, torch_save, write_json
 from mpdistil.config import ConfigError
-from mpdistil.atomic import torch_save, write_json
-from mpdistil.data.encode import EncodedSplit
+from mpdistil.identity import file_checksum, fingerprint
+from mpdistil.seeding import rng_state, set_rng_state
 
-FORMAT = 1
-# Settings that change what a run shows, where it reads from or how often it saves, not what it computes.
-NOT_PART_OF_THE_RUN = ("resume", "logger", "experiment_name", "data_dir", "cache_dir", "task.data_dir",
-                       "trainer.progress", "trainer.checkpoint_every", "trainer.checkpoint_min_interval_s",
-                       "trainer.keep_checkpoint", "trainer.count_flops",
-                       "trainer.num_threads", "trainer.reuse_cache", "trainer.save_student", "trainer.save_teacher")
+FORMAT = 2
 KILL_ENV, KILL_SIGNAL_ENV = "MPDISTIL_KILL_AT", "MPDISTIL_KILL_SIGNAL"
 
 
@@ -70,55 +61,13 @@ class Position:
     epoch: int  # epochs/episodes of that group already completed; 0 = the group has not started
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def run_identity(cfg: Any) -> dict[str, Any]:
-    """The resolved settings that determine a run's results, as ``dotted.key: value``."""
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    keep = {k: v for k, v in flat.items()
-            if not any(k == p or k.startswith(p + ".") for p in NOT_PART_OF_THE_RUN)}
-    return json.loads(json.dumps(keep, default=str))
-
-
-def data_fingerprint(splits: dict[str, EncodedSplit]) -> str:
-    """Content of every tokenised split a run reads: a changed data file changes it."""
-    return fingerprint({name: split_fingerprint(split) for name, split in sorted(splits.items())})
-
-
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Dropout, new heads and the curriculum's sampling draw from these global generators."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def all_agents(ctx: Any) -> dict[str, torch.nn.Module]:
-    return {"teacher": ctx.teacher, "student": ctx.student, **ctx.agents}
-
-
 class Checkpoint:
     """The run folder's checkpoint: written every ``every`` epochs/episodes and after each phase group."""
 
-    def __init__(self, folder: Path, identity: dict[str, Any], data: str, every: int,
-                 min_interval_s: float = 0.0) -> None:
-        self.folder, self.identity, self.data, self.every = Path(folder), identity, data, every
+    def __init__(self, folder: Path, identity: dict[str, Any], every: int, min_interval_s: float = 0.0) -> None:
+        self.folder, self.identity, self.every = Path(folder), identity, every
         self.min_interval_s = min_interval_s
         self.last_save = time.monotonic()
-        self.config_hash = fingerprint(identity)
 
     def due(self, epoch: int, epochs: int) -> bool:
         """After epoch ``epoch`` (0-based) of ``epochs``, if ``min_interval_s`` has passed since the last one;
@@ -134,10 +83,11 @@ class Checkpoint:
         mt = ctx.agents.get("meta_teacher")
         blob = {
             "format": FORMAT, "position": asdict(position),
-            "agents": {name: module.state_dict() for name, module in all_agents(ctx).items()},
+            "agents": {name: module.state_dict() for name, module in ctx.all_agents().items()},
             "meta_teacher_trained": bool(mt is not None and mt.trained),
             "phases": {phase.name: phase.state_dict() for phase in phases},
-            "records": ctx.records, "rows": ctx.rows, "timings": ctx.timings, "flops": ctx.flops,
+            "records": ctx.records, "rows": ctx.rows, "row_phase": ctx.row_phase, "lineage": ctx.lineage,
+            "timings": ctx.timings, "flops": ctx.flops,
             "scaler": ctx.rt.scaler.state_dict() if ctx.rt.scaler is not None else None,
             "rng": rng_state(),
         }
@@ -146,8 +96,7 @@ class Checkpoint:
             torch_save(blob, self.folder / name)
             write_json(self.folder / "meta.json", indent=1, obj={
                 "format": FORMAT, "file": name, "sha256": file_checksum(self.folder / name),
-                "position": asdict(position), "config_hash": self.config_hash, "data": self.data,
-                "config": self.identity})
+                "position": asdict(position), "fingerprint": fingerprint(self.identity), "identity": self.identity})
         for old in self.folder.glob("state-*.pt"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -155,13 +104,13 @@ class Checkpoint:
     def load(self, meta: dict[str, Any]) -> dict[str, Any]:
         """The saved state of a checkpoint that :func:`verify_checkpoint` accepted, if it was taken on this data."""
         fix = f"delete {self.folder} to start over"
-        if meta.get("data") != self.data:
+        if meta["identity"].get("data") != self.identity["data"]:
             raise CheckpointError(f"the data changed since checkpoint {self.folder} was written; restore the "
                                   f"original data files or {fix}")
         path = self.folder / meta["file"]
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file cannot be resumed
+            return torch_load(path)
+        except Exception as exc:  # noqa: BLE001 - not tensors and containers only, or unreadable: never resumed
             raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}); {fix}") from None
 
     def clear(self) -> None:
@@ -169,9 +118,10 @@ class Checkpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def verify_checkpoint(folder: Path, identity: dict[str, Any], required: bool) -> Optional[dict[str, Any]]:
+def verify_checkpoint(folder: Path, fields: dict[str, Any], required: bool) -> Optional[dict[str, Any]]:
     """The meta.json of ``folder``'s checkpoint if there is one to resume, checked before the run writes anything:
-    an error when it is unreadable, corrupt, of another config, or absent although ``required``."""
+    an error when it is unreadable, corrupt, of another config (``fields``: the run's identity fields), or absent
+    although ``required``. The data's part of the identity is checked by :meth:`Checkpoint.load`."""
     meta_path = folder / "meta.json"
     fix = f"delete {folder} to start over"
     if not meta_path.is_file():
@@ -181,14 +131,13 @@ def verify_checkpoint(folder: Path, identity: dict[str, Any], required: bool) ->
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        file, checksum = meta["file"], meta["sha256"]
+        file, checksum, saved = meta["file"], meta["sha256"], meta["identity"]["fields"]
     except (OSError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint {meta_path} is unreadable; {fix}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {folder} has format {meta.get('format')}, this code reads {FORMAT}; {fix}")
-    if meta.get("config_hash") != fingerprint(identity):
-        saved = meta.get("config", {})
-        changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    if saved != fields:
+        changed = sorted(k for k in set(saved) | set(fields) if saved.get(k) != fields.get(k))
         listed = ", ".join(f"{k}={saved.get(k)!r}" for k in changed[:4]) or "settings"
         raise CheckpointError(f"checkpoint {folder} was written by another config ({listed}); run with the "
                               f"original config or {fix}")
@@ -200,7 +149,7 @@ def verify_checkpoint(folder: Path, identity: dict[str, Any], required: bool) ->
 
 def restore(ctx: Any, saved: dict[str, Any]) -> None:
     """Agents, records and RNG from a checkpoint; the agents must exist (``Phase.prepare``) beforehand."""
-    modules = all_agents(ctx)
+    modules = ctx.all_agents()
     missing = sorted(set(saved["agents"]) - set(modules))
     if missing:
         raise CheckpointError(f"checkpoint holds agents {missing} this run does not build; delete the checkpoint "
@@ -211,6 +160,8 @@ def restore(ctx: Any, saved: dict[str, Any]) -> None:
         ctx.agents["meta_teacher"].trained = saved["meta_teacher_trained"]
     ctx.records.update(saved["records"])
     ctx.rows.update(saved["rows"])
+    ctx.row_phase.update(saved["row_phase"])
+    ctx.lineage.update(saved["lineage"])
     ctx.timings.update(saved["timings"])
     ctx.flops.update(saved.get("flops", {}))
     if saved["scaler"] is not None and ctx.rt.scaler is not None:

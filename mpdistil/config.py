@@ -7,6 +7,8 @@ with one line naming the problem and the fix.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +106,7 @@ class MethodConfig:
     # the selection split is scored after every Nth episode and the last; the best scored one is kept.
     # The authors score every episode, which costs more than the episode itself on a large dev set
     select_every: int = 1
-    # authors'-code deviations (METHOD.md, "Where the authors' released code differs")
+    # authors'-code deviations (docs/method.md, "Where the authors' released code differs")
     authors_episode_update: bool = False
     authors_no_dropout: bool = False
 
@@ -122,7 +124,6 @@ class TrainerConfig:
     eval_max_padding: Optional[float] = 0.1
     grad_clip: float = 1.0
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.0
     progress: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
@@ -181,36 +182,60 @@ def cache_root(explicit: Optional[str] = None) -> Path:
     return Path(root).expanduser().resolve()
 
 
+def method_schema() -> type:
+    """:class:`MethodConfig` plus the ``options`` every registered phase declares (``method.<option>``)."""
+    from mpdistil.phases import PHASES  # local import: phases import this module
+
+    base = {f.name for f in dataclasses.fields(MethodConfig)}
+    extra: dict[str, tuple[type, Any]] = {}
+    for phase in PHASES.values():
+        for key, default in phase.options.items():
+            if key in base:
+                raise ValueError(f"phase {phase.name!r} declares option {key!r}, already a field of method")
+            extra.setdefault(key, (type(default), default))
+    if not extra:
+        return MethodConfig
+    fields = [(k, t, field(default_factory=lambda d=d: copy.deepcopy(d)) if isinstance(d, (list, dict))
+               else field(default=d)) for k, (t, d) in sorted(extra.items())]
+    return dataclasses.make_dataclass("MethodConfig", fields, bases=(MethodConfig,))
+
+
 def register_configs() -> None:
     """Make the schemas available to the YAML presets' defaults lists."""
+    method = method_schema()
     cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
+    cs.store(name="config_schema", node=dataclasses.make_dataclass("Config", [("method", method, MISSING)],
+                                                                   bases=(Config,)))
     cs.store(group="task", name="task_schema", node=TaskConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="method", name="method_schema", node=MethodConfig)
+    cs.store(group="method", name="method_schema", node=method)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "method.soft_loss": ("kl", "mse"),
-    "method.layer_map": ("skip", "first", "last"),
-    "method.meta_loss": ("col", "com", "none"),
-    "method.meta_teacher": ("head", "mlp"),
-    "method.meta_input": ("pooled", "cls"),
-    "method.meta_objective": ("direct", "pilot", "mixed"),
-    "method.meta_backend": ("higher", "func"),
-    "method.reward": ("binary", "real"),
-    "method.policy_state": ("pooler", "quiz_stats"),
-    "trainer.device": ("auto", "cpu", "cuda"),
-    "trainer.precision": ("fp32", "bf16", "fp16"),
-    "trainer.selection_split": ("dev", "quiz"),
-    "logger.name": ("none", "wandb"),
-    "logger.mode": ("offline", "online", "disabled"),
-    "task.target": ("sign", "rating"),
-    "task.type": ("classification", "regression"),
-    "eval.attribution": ("ig", "gxi", "none"),
-}
+def choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of every string switch; losses and meta losses come from their registries."""
+    from mpdistil.losses import LOSSES, META_LOSSES
+
+    return {
+        "method.soft_loss": tuple(LOSSES),
+        "method.layer_map": ("skip", "first", "last"),
+        "method.meta_loss": (*META_LOSSES, "none"),
+        "method.meta_teacher": ("head", "mlp"),
+        "method.meta_input": ("pooled", "cls"),
+        "method.meta_objective": ("direct", "pilot", "mixed"),
+        "method.meta_backend": ("higher", "func"),
+        "method.reward": ("binary", "real"),
+        "method.policy_state": ("pooler", "quiz_stats"),
+        "trainer.device": ("auto", "cpu", "cuda"),
+        "trainer.precision": ("fp32", "bf16", "fp16"),
+        "trainer.selection_split": ("dev", "quiz"),
+        "logger.name": ("none", "wandb"),
+        "logger.mode": ("offline", "online", "disabled"),
+        "task.target": ("sign", "rating"),
+        "task.type": ("classification", "regression"),
+        "eval.attribution": ("ig", "gxi", "none"),
+    }
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -221,33 +246,16 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def validate(cfg: Any) -> None:
-    """Refuse impossible settings with one clear line, before data or models are touched."""
-    for key, allowed in CHOICES.items():
+    """Refuse impossible settings with one clear line, before data or models are touched: the choices, the
+    trainer's and task's values here, and each registered phase checks its own fields (a bad value is a
+    mistake even where the chosen method does not read it: a sweep may switch methods)."""
+    from mpdistil.phases import PHASES
+
+    for key, allowed in choices().items():
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}; set {key}=<one of those>")
-    m, t = cfg.method, cfg.trainer
-    if not 0.0 <= m.alpha <= 1.0:
-        raise ConfigError(f"method.alpha={m.alpha} must lie in [0, 1]; e.g. method.alpha=0.5")
-    if m.temperature <= 0:
-        raise ConfigError(f"method.temperature={m.temperature} must be > 0; e.g. method.temperature=5")
-    if m.beta < 0:
-        raise ConfigError(f"method.beta={m.beta} must be >= 0")
-    if not 0.0 <= m.meta_lambda <= 1.0:
-        raise ConfigError(f"method.meta_lambda={m.meta_lambda} must lie in [0, 1]")
-    if not 0.0 <= m.gamma <= 1.0:
-        raise ConfigError(f"method.gamma={m.gamma} must lie in [0, 1]")
-    for key in ("teacher_epochs", "student_epochs", "episodes", "unroll_steps", "quiz_batches_per_step",
-                "select_every"):
-        if _get(m, key) <= 0:
-            raise ConfigError(f"method.{key}={_get(m, key)} must be a positive integer")
-    for key in ("teacher_lr", "student_lr", "meta_lr", "policy_lr", "curriculum_lr"):
-        if _get(m, key) <= 0:
-            raise ConfigError(f"method.{key}={_get(m, key)} must be > 0")
-    if m.pilot_lr < 0:
-        raise ConfigError(f"method.pilot_lr={m.pilot_lr} must be >= 0")
-    if m.episode_length is not None and m.episode_length <= 0:
-        raise ConfigError(f"method.episode_length={m.episode_length} must be a positive integer or null")
+    t = cfg.trainer
     for key in ("batch_size", "eval_batch_size", "length_bucket"):
         if _get(t, key) <= 0:
             raise ConfigError(f"trainer.{key}={_get(t, key)} must be a positive integer")
@@ -261,8 +269,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"task.max_length={cfg.task.max_length} is too small; use e.g. 128")
     if cfg.model.student_layers is not None and cfg.model.student_layers <= 0:
         raise ConfigError(f"model.student_layers={cfg.model.student_layers} must be a positive integer")
-    from mpdistil.phases import PHASES  # local import: phases import this module
-
-    for phase in (p for group in m.phases for p in group.split("+")):
+    names = [p for group in cfg.method.phases for p in group.split("+")]
+    for phase in names:
         if phase not in PHASES:
             raise ConfigError(f"method.phases names unknown phase {phase!r}; known: {sorted(PHASES)}")
+    for phase in PHASES.values():
+        phase.check(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -54,9 +54,12 @@ class RunContext:
     student: Agent
     initial_student_state: dict[str, torch.Tensor]
     aux: dict[str, AuxTask] = field(default_factory=dict)
-    agents: dict[str, nn.Module] = field(default_factory=dict)  # extra agents: undistilled, meta_teacher
-    records: dict[str, Any] = field(default_factory=dict)
-    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # evaluated table rows
+    agents: dict[str, nn.Module] = field(default_factory=dict)  # agents beyond teacher and student, by name
+    records: dict[str, Any] = field(default_factory=dict)  # per phase, for results.json
+    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # evaluated table rows, in order
+    row_phase: dict[str, str] = field(default_factory=dict)  # row -> the phase that produced it
+    lineage: dict[str, str] = field(default_factory=dict)  # agent -> identity of the group that last trained it
+    data_hash: str = ""  # content of the splits agents are trained and selected on
     timings: dict[str, float] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)  # per timed label, filled when trainer.count_flops is on
     flop_counter: Optional[FlopCounterMode] = None
@@ -67,11 +70,25 @@ class RunContext:
     def selection_split(self) -> str:
         return "quiz" if self.cfg.trainer.selection_split == "quiz" else self.dev_names[0]
 
+    def agent(self, name: str) -> nn.Module:
+        return self.all_agents()[name]
+
+    def all_agents(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher, "student": self.student, **self.agents}
+
     def generator(self, *salt: int) -> torch.Generator:
         """A seeded generator per (phase, epoch): data order is reproducible and resumable."""
         g = torch.Generator()
         g.manual_seed(hash((int(self.cfg.seed),) + salt) & 0x7FFFFFFF)
         return g
+
+    def endless_batches(self, split: EncodedSplit, *salt: int) -> Iterator[dict[str, Any]]:
+        """Shuffled training batches of ``split`` without end, reshuffled on each pass by ``(*salt, pass)``."""
+        sweep = 0
+        while True:
+            yield from self.rt.batches(split, self.cfg.trainer.batch_size, shuffle=True,
+                                       generator=self.generator(*salt, sweep))
+            sweep += 1
 
     def score(self, metrics: dict[str, float]) -> float:
         return float(metrics[self.task.main_metric])

@@ -17,9 +17,8 @@ from mpdistil.data.encode import EncodedSplit, collate
 from mpdistil.metrics.attribution import mean_attribution_similarity
 from mpdistil.metrics.fidelity import classification_fidelity, regression_fidelity, reliability_bins
 from mpdistil.metrics.task_metrics import compute_metrics
+from mpdistil.phases import Phase
 from mpdistil.training import predict, predictions_from_logits
-
-STUDENT_ROWS = ("undistilled", "student", "mpdistil")
 
 
 def compare(reference: torch.Tensor, other: torch.Tensor, labels: Optional[torch.Tensor], kind: str) -> dict:
@@ -105,14 +104,14 @@ def histogram_plot(path: Path, values: list[float], title: str) -> Optional[Path
     return path
 
 
-def evaluate_row(ctx: Any, row: str, agent: Optional[torch.nn.Module], splits: list[str]) -> dict[str, Any]:
-    """Task metrics of one table row on every labelled split, plus fidelity if it is a student."""
-    kind = ctx.task.kind
-    logits = {s: (ctx.meta_teacher_logits(s) if row == "meta_teacher" else predict(agent, ctx.splits[s], ctx.rt)[
-        "logits"]) for s in splits}
+def evaluate_row(ctx: Any, phase: Phase, splits: list[str]) -> dict[str, Any]:
+    """Task metrics of the row a phase produced on every labelled split, plus fidelity if it is a student."""
+    kind, row = ctx.task.kind, phase.row.name
+    logits = {s: phase.row_logits(ctx, s) for s in splits}
     metrics = {s: ctx.metrics_from_logits(logits[s], s) for s in splits}
-    if row not in STUDENT_ROWS or "teacher" not in ctx.records:
+    if not phase.row.student or "teacher" not in ctx.lineage:
         return metrics  # fidelity to an untrained teacher would mean nothing
+    agent = phase.row_agent(ctx)
     fidelity = ctx.records.setdefault("fidelity", {})
     vs_teacher, vs_meta = {}, {}
     for s in splits:

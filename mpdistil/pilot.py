@@ -10,9 +10,24 @@ from typing import Any, Callable
 
 import torch
 
+from mpdistil.config import ConfigError
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss, hard_loss
 from mpdistil.meta import MetaStepConfig, meta_gradient
+
+
+# The config fields a pilot step reads: its inner loss (α, τ, soft loss) and how it is unrolled.
+PILOT_FIELDS = ("method.alpha", "method.temperature", "method.soft_loss", "method.pilot_lr", "method.unroll_steps",
+                "method.first_order", "method.meta_backend", "method.quiz_batches_per_step")
+
+
+def check_pilot(cfg: Any) -> None:
+    m = cfg.method
+    for key in ("unroll_steps", "quiz_batches_per_step"):
+        if m[key] <= 0:
+            raise ConfigError(f"method.{key}={m[key]} must be a positive integer")
+    if m.pilot_lr < 0:
+        raise ConfigError(f"method.pilot_lr={m.pilot_lr} must be >= 0")
 
 
 def step_config(method: Any) -> MetaStepConfig:

@@ -1,28 +1,46 @@
-"""results.json and the final table printed at the end of a run."""
+"""What a run leaves behind: results.json, the exported student and test predictions, the printed table."""
 from __future__ import annotations
 
 import os
 import platform
 import resource
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-ROW_ORDER = ("teacher", "meta_teacher", "undistilled", "student", "mpdistil")
-ROW_TITLES = {
-    "teacher": "teacher",
-    "meta_teacher": "meta-teacher T'",
-    "undistilled": "student, undistilled",
-    "student": "student, distilled",
-    "mpdistil": "student, MPDistil (curriculum)",
-}
+from mpdistil.context import RunContext
+from mpdistil.data.leaderboard import write_test_predictions
+from mpdistil.data.registry import get_task_spec
+from mpdistil.models.loading import load_tokenizer, resolve_model_source
+from mpdistil.phases import PHASES, Phase
+from mpdistil.training import predict, predictions_from_logits
+
+
+def row_phases(ctx: RunContext) -> dict[str, Phase]:
+    """The phase behind each evaluated row, in the order the rows were produced."""
+    return {row: PHASES[name]() for row, name in ctx.row_phase.items()}
+
+
+def final_rows(ctx: RunContext) -> dict[str, Phase]:
+    """For each trained agent, the last row that evaluated it (an agent trained further supersedes its row)."""
+    last: dict[str, tuple[str, Phase]] = {}
+    for row, phase in row_phases(ctx).items():
+        if phase.trains and phase.row_agent(ctx) is not None:
+            last[phase.trains[0]] = (row, phase)
+    return dict(sorted(last.values(), key=lambda item: list(ctx.row_phase).index(item[0])))
+
+
+def final_student(ctx: RunContext) -> Optional[str]:
+    """The run's result: the last student row produced (None when no phase trained a student)."""
+    students = [row for row, phase in row_phases(ctx).items() if phase.row.student]
+    return students[-1] if students else None
 
 
 def final_score(results: dict[str, Any]) -> float:
     """The final student's main metric on the selection split: what a hyperparameter sweeper maximises."""
     agents = results["agents"]
-    row = next(r for r in ("mpdistil", "student", "undistilled", "teacher") if r in agents)
+    row = results.get("final_row") or next(reversed(agents))
     split = "quiz" if results["selection_split"] == "quiz" else next(s for s in agents[row] if s.startswith("dev"))
     return float(agents[row][split][results["task"]["main_metric"]])
 
@@ -57,21 +75,42 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def export(ctx: RunContext, student: torch.nn.Module) -> dict[str, Any]:
+    """The final student as an HF folder (with tokenizer) and test predictions in leaderboard format."""
+    outputs: dict[str, Any] = {}
+    tokenizer = load_tokenizer(resolve_model_source(ctx.cfg.model.tokenizer or ctx.cfg.model.teacher)[0])
+    for name, agent, wanted in (("student", student, ctx.cfg.trainer.save_student),
+                                ("teacher", ctx.teacher, ctx.cfg.trainer.save_teacher)):
+        if wanted:
+            agent.hf.save_pretrained(ctx.out_dir / name)
+            tokenizer.save_pretrained(ctx.out_dir / name)
+            outputs[name] = str(ctx.out_dir / name)
+    if ctx.cfg.eval.write_test_predictions:
+        spec = get_task_spec(ctx.task.name, ctx.cfg.task)
+        files = []
+        for name, split in ctx.splits.items():
+            if not name.startswith("test"):
+                continue
+            preds = predictions_from_logits(predict(student, split, ctx.rt)["logits"], ctx.task.kind)
+            files.append(str(write_test_predictions(spec, name, [ex.uid for ex in split.examples], preds.tolist(),
+                                                    ctx.out_dir / "test_predictions", ctx.task.label_names)))
+        outputs["test_predictions"] = files
+    return outputs
+
+
 def format_table(results: dict[str, Any], splits: list[str]) -> str:
     """One row per agent; each split's task metrics (in %), then fidelity to the teacher if measured."""
     metrics = results["task"]["metrics"]
     fid_keys = ("agreement", "kl_teacher_student", "ece_student", "flip_student_only", "flip_teacher_only")
     header = ["agent"] + [f"{s}:{m}" for s in splits for m in metrics]
     fidelity = results.get("fidelity", {})
-    show_fid = any(fidelity.get(f"{row}_vs_teacher") for row in ROW_ORDER)
+    titles = results.get("row_titles", {})
+    show_fid = any(fidelity.get(f"{row}_vs_teacher") for row in results["agents"])
     if show_fid:
         header += [f"{splits[0]}:{k}" for k in fid_keys]
     rows = []
-    for name in ROW_ORDER:
-        agent = results["agents"].get(name)
-        if agent is None:
-            continue
-        row = [ROW_TITLES[name]] + [_fmt(agent.get(s, {}).get(m)) for s in splits for m in metrics]
+    for name, agent in results["agents"].items():
+        row = [titles.get(name, name)] + [_fmt(agent.get(s, {}).get(m)) for s in splits for m in metrics]
         if show_fid:
             f = fidelity.get(f"{name}_vs_teacher", {}).get(splits[0], {})
             row += [_fmt(f.get(k)) if k.startswith(("agree", "ece")) else

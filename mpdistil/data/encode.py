@@ -1,7 +1,6 @@
 """Tokenised splits, cached by content hash, and a collator that pads each batch to its own length."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +10,9 @@ import torch
 from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
-from mpdistil.atomic import torch_save
+from mpdistil.atomic import torch_load, torch_save
 from mpdistil.data.types import Example
+from mpdistil.identity import content_hash, fingerprint, identity
 
 
 @dataclass
@@ -39,23 +39,21 @@ class EncodedSplit:
             return [max(len(c) for c in ids) for ids in self.input_ids]
         return [len(ids) for ids in self.input_ids]
 
-    def subset(self, indices: Sequence[int], name: Optional[str] = None) -> "EncodedSplit":
-        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
-        return EncodedSplit(
-            self.task, name or self.name, self.kind, pick(self.input_ids),
-            pick(self.token_type_ids) if self.token_type_ids is not None else None,
-            self.labels[list(indices)] if self.labels is not None else None,
-            pick(self.examples) if self.examples else [],
-        )
+
+def split_fingerprint(split: EncodedSplit) -> str:
+    """Content hash of a tokenised split (token ids and labels): what the agents trained on it saw."""
+    parts = [json.dumps(split.input_ids).encode()]
+    if split.labels is not None:
+        parts.append(split.labels.numpy().tobytes())
+    return content_hash(parts)
 
 
-def _fingerprint(tokenizer: PreTrainedTokenizerBase, max_length: int, examples: Sequence[Example]) -> str:
-    h = hashlib.sha256()
-    h.update(f"{type(tokenizer).__name__}|{len(tokenizer)}|{max_length}|".encode())
-    h.update(json.dumps(sorted(tokenizer.get_vocab().items())[:2000]).encode())
-    for ex in examples:
-        h.update(json.dumps([ex.texts, ex.label], ensure_ascii=False).encode())
-    return h.hexdigest()[:24]
+def _tokenized_identity(tokenizer: PreTrainedTokenizerBase, max_length: int,
+                        examples: Sequence[Example]) -> dict[str, Any]:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items())[:2000]).encode()
+    tok = {"class": type(tokenizer).__name__, "size": len(tokenizer), "vocab": content_hash([vocab])}
+    texts = content_hash(json.dumps([ex.texts, ex.label], ensure_ascii=False).encode() for ex in examples)
+    return identity("tokenized", {"tokenizer": tok, "task.max_length": max_length}, texts)
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Sequence[str]], max_length: int) -> dict:
@@ -76,26 +74,29 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Examp
     if cache_dir is None:
         blob = _encode(tokenizer, examples, kind, max_length)
     else:
-        cache_file = Path(cache_dir) / "tokenized" / f"{task}-{name}-{_fingerprint(tokenizer, max_length, examples)}.pt"
-        blob = _read_cache(cache_file)
+        key = _tokenized_identity(tokenizer, max_length, examples)
+        cache_file = Path(cache_dir) / "tokenized" / f"{task}-{name}-{fingerprint(key)}.pt"
+        blob = _read_cache(cache_file, key)
         if blob is None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(f"{cache_file}.lock"):
-                blob = _read_cache(cache_file)
+                blob = _read_cache(cache_file, key)
                 if blob is None:
                     blob = _encode(tokenizer, examples, kind, max_length)
-                    torch_save(blob, cache_file)
+                    torch_save({**blob, "identity": key}, cache_file)
     return EncodedSplit(task, name, kind, blob["input_ids"], blob["token_type_ids"], blob["labels"], list(examples))
 
 
-def _read_cache(path: Path) -> Optional[dict[str, Any]]:
-    """A cached split, or None when absent or damaged (it is then rebuilt, never trusted)."""
+def _read_cache(path: Path, key: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """A cached split of exactly this identity, or None when absent, damaged or not tensors and containers
+    only (it is then rebuilt, never trusted or unpickled)."""
     if not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=False)
+        blob = torch_load(path)
     except Exception:  # noqa: BLE001 - any unreadable file is rebuilt
         return None
+    return blob if isinstance(blob, dict) and blob.get("identity") == key else None
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], kind: str,

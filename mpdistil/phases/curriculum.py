@@ -15,22 +15,53 @@ from typing import Any, Iterator
 
 import torch
 
+from mpdistil.config import ConfigError
+from mpdistil.context import RunContext
 from mpdistil.data.encode import EncodedSplit, iterate, model_inputs
 from mpdistil.losses import curriculum_student_loss, hard_loss, label_score, reinforce_loss, reward
 from mpdistil.models.policy import Policy, pooler_weight
-from mpdistil.phases import Phase, register_phase
+from mpdistil.phases import Row, Phase, register_phase
 from mpdistil.training import BestKeeper
 
 
 @register_phase("curriculum")
 class CurriculumPhase(Phase):
-    def epochs(self, ctx: Any) -> int:
+    row = Row("mpdistil", "student, MPDistil (curriculum)", student=True)
+    trains = ("student", "policy")
+    reads = ("teacher", "student", "meta_teacher")
+    fields = ("method.curriculum", "method.curriculum_tasks", "method.reward", "method.episodes",
+              "method.episode_length", "method.gamma", "method.policy_lr", "method.policy_state",
+              "method.curriculum_lr", "method.select_every", "method.authors_episode_update",
+              "method.authors_no_dropout")
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        m = cfg.method
+        if not 0.0 <= m.gamma <= 1.0:
+            raise ConfigError(f"method.gamma={m.gamma} must lie in [0, 1]")
+        for key in ("episodes", "select_every"):
+            if m[key] <= 0:
+                raise ConfigError(f"method.{key}={m[key]} must be a positive integer")
+        for key in ("policy_lr", "curriculum_lr"):
+            if m[key] <= 0:
+                raise ConfigError(f"method.{key}={m[key]} must be > 0")
+        if m.episode_length is not None and m.episode_length <= 0:
+            raise ConfigError(f"method.episode_length={m.episode_length} must be a positive integer or null")
+
+    @classmethod
+    def aux_tasks(cls, cfg: Any) -> list[str]:
+        return list(cfg.method.curriculum_tasks) if cfg.method.curriculum else []
+
+    def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.episodes if ctx.cfg.method.curriculum else 0
 
-    def prepare(self, ctx: Any) -> None:
+    def row_agent(self, ctx: RunContext) -> torch.nn.Module:
+        return ctx.student
+
+    def prepare(self, ctx: RunContext) -> None:
         """The auxiliary tasks' heads on the student and the policy (a resumed run loads their weights after)."""
         m, student = ctx.cfg.method, ctx.student
-        # default partners without files were left out by run.prepare_aux_tasks (recorded in results.json)
+        # default partners without files were left out when the data was prepared (recorded in results.json)
         self.tasks = [ctx.task.name] + [t for t in m.curriculum_tasks if t != ctx.task.name and t in ctx.aux]
         self.kinds = {ctx.task.name: ctx.task.kind}
         self.quiz: dict[str, EncodedSplit] = {ctx.task.name: ctx.splits["quiz"]}
@@ -44,9 +75,8 @@ class CurriculumPhase(Phase):
             ctx.agents["policy"] = Policy(m.policy_state, len(self.tasks), state_dim).to(ctx.rt.device)
         self.policy = ctx.agents["policy"]
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         m, rt, student = ctx.cfg.method, ctx.rt, ctx.student
-        self.prepare(ctx)
         self.mt = ctx.meta_teacher()
         self.mt.requires_grad_(False)
         self.opt_student = rt.optimizer(student.parameters(), m.curriculum_lr)
@@ -63,23 +93,18 @@ class CurriculumPhase(Phase):
         self.probes = {name: next(iterate(self.quiz[name], bs, rt.pad_id, device=rt.device)) for name in self.tasks} \
             if m.policy_state == "quiz_stats" else {}
 
-    def _batches(self, ctx: Any, task: str, episode: int) -> Iterator[dict[str, Any]]:
-        """Endless shuffled quiz batches of one task, reshuffled on each pass."""
-        salt = self.tasks.index(task)
-        sweep = 0
-        while True:
-            g = ctx.generator(5, episode, salt, sweep)
-            yield from ctx.rt.batches(self.quiz[task], ctx.cfg.trainer.batch_size, shuffle=True, generator=g)
-            sweep += 1
+    def _batches(self, ctx: RunContext, task: str, episode: int) -> Iterator[dict[str, Any]]:
+        """Endless shuffled quiz batches of one task."""
+        return ctx.endless_batches(self.quiz[task], 5, episode, self.tasks.index(task))
 
     @torch.no_grad()
-    def state(self, ctx: Any) -> torch.Tensor:
+    def state(self, ctx: RunContext) -> torch.Tensor:
         if ctx.cfg.method.policy_state == "pooler":
             return pooler_weight(ctx.student).detach().float().clone()
         return self.quiz_stats(ctx)
 
     @torch.no_grad()
-    def quiz_stats(self, ctx: Any) -> torch.Tensor:
+    def quiz_stats(self, ctx: RunContext) -> torch.Tensor:
         """Mean p(y|x) and loss of the student on a fixed probe batch of each task, and the last reward."""
         student, rt = ctx.student, ctx.rt
         was = student.training
@@ -94,7 +119,7 @@ class CurriculumPhase(Phase):
         student.train(was)
         return torch.tensor(feats + [self.last_reward], device=rt.device)
 
-    def run_epoch(self, ctx: Any, episode: int) -> dict[str, float]:
+    def run_epoch(self, ctx: RunContext, episode: int) -> dict[str, float]:
         m, rt, student, main = ctx.cfg.method, ctx.rt, ctx.student, ctx.task.name
         train_mode = not m.authors_no_dropout
         student.train(train_mode)
@@ -136,7 +161,7 @@ class CurriculumPhase(Phase):
                               "rewards": rewards, "selection": metrics, "best_so_far": improved})
         return row
 
-    def _apply_accumulated(self, ctx: Any) -> None:
+    def _apply_accumulated(self, ctx: RunContext) -> None:
         """The authors' timing: one step with the gradients summed over the whole episode."""
         rt, opt = ctx.rt, self.opt_student
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
@@ -146,7 +171,7 @@ class CurriculumPhase(Phase):
         opt.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def _reward(self, ctx: Any, batch: dict[str, Any], train_mode: bool) -> float:
+    def _reward(self, ctx: RunContext, batch: dict[str, Any], train_mode: bool) -> float:
         student, rt = ctx.student, ctx.rt
         student.eval()
         with rt.autocast():
@@ -156,7 +181,7 @@ class CurriculumPhase(Phase):
         return reward(logits, mt_logits, batch["labels"], ctx.task.kind, ctx.cfg.method.reward,
                       len(ctx.splits["quiz"]))
 
-    def finish(self, ctx: Any) -> dict[str, Any]:
+    def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(ctx.student)
         self.mt.requires_grad_(True)
         counts = Counter(a for ep in self.episodes for a in ep["trajectory"])

@@ -14,53 +14,59 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss, layer_map
-from mpdistil.phases import TrainingPhase, register_phase
-from mpdistil.training import BestKeeper
-
+from mpdistil.phases import (STUDENT_FIELDS, Row, TrainingPhase, accumulate, check_distillation, check_student,
+                             register_phase)
 
 @register_phase("distill")
 class DistillPhase(TrainingPhase):
+    row = Row("student", "student, distilled", student=True)
+    trains = ("student",)
+    reads = ("teacher", "student", "meta_teacher")
+    cache = "students"
+    fields = STUDENT_FIELDS + ("method.alpha", "method.beta", "method.temperature", "method.soft_loss",
+                               "method.layer_map", "method.meta_input")
     distilled = True
+    salt = 2
 
-    def agent(self, ctx: Any) -> nn.Module:
-        return ctx.student
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        check_student(cfg)
+        check_distillation(cfg)
 
-    def epochs(self, ctx: Any) -> int:
+    def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.student_epochs
 
-    def prepare(self, ctx: Any) -> None:
-        self.agent(ctx)
+    def prepare(self, ctx: RunContext) -> None:
+        self.row_agent(ctx)
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: RunContext) -> None:
         m = ctx.cfg.method
         self.alpha, self.beta = (m.alpha, m.beta) if self.distilled else (0.0, 0.0)
-        self.model = self.agent(ctx)
+        self.model = self.row_agent(ctx)
         self.opt = ctx.rt.optimizer(self.model.parameters(), m.student_lr)
-        self.best = BestKeeper(self.name)
-        self.history: list[dict[str, float]] = []
         self.pairs = layer_map(self.model.num_layers, ctx.teacher.num_layers, m.layer_map) if self.beta > 0 else []
-        self.cache = ctx.teacher_cache("train") if self.distilled else None
+        self.cache_out = ctx.teacher_cache("train") if self.distilled else None
 
-    def soft_targets(self, ctx: Any, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
+    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
         if self.alpha == 0:
             return None
         mt = ctx.agents.get("meta_teacher")
         if mt is not None and mt.trained:
-            h = ctx.representation(self.cache)[idx]
+            h = ctx.representation(self.cache_out)[idx]
             with torch.no_grad():
                 return mt(h.view(-1, h.shape[-1]).to(ctx.rt.device), "teacher", choices)
-        return self.cache["logits"][idx].to(ctx.rt.device)
+        return self.cache_out["logits"][idx].to(ctx.rt.device)
 
-    def run_epoch(self, ctx: Any, epoch: int) -> dict[str, float]:
+    def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         rt, m, kind = ctx.rt, ctx.cfg.method, ctx.task.kind
         self.model.train(not m.authors_no_dropout)
         split = ctx.splits["train"]
         sums: dict[str, float] = {}
         n = 0
-        batches = rt.batches(split, ctx.cfg.trainer.batch_size, shuffle=True,
-                             generator=ctx.generator(2 if self.distilled else 3, epoch))
+        batches = rt.batches(split, ctx.cfg.trainer.batch_size, shuffle=True, generator=ctx.generator(self.salt, epoch))
         for batch in tqdm(batches, desc=f"{self.name} {epoch + 1}", disable=not rt.progress, leave=False):
             idx = batch["index"].cpu()
             with rt.autocast():
@@ -68,23 +74,18 @@ class DistillPhase(TrainingPhase):
                 student_cls = teacher_cls = None
                 if self.pairs:
                     student_cls = [out.cls_states[s - 1] for s, _ in self.pairs]
-                    t = self.cache["cls"][idx].to(rt.device)
+                    t = self.cache_out["cls"][idx].to(rt.device)
                     t = t.view(-1, t.shape[-2], t.shape[-1])
                     teacher_cls = [t[:, j] for j in range(len(self.pairs))]
                 loss, parts = distillation_loss(
                     out.logits, self.soft_targets(ctx, idx, split.num_choices), batch["labels"], kind, self.alpha,
                     m.temperature, m.soft_loss, self.beta, student_cls, teacher_cls)
             rt.step(loss, self.opt, self.name)
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v
+            accumulate(sums, {"loss": float(loss.detach()), **parts})
             n += 1
-        metrics = ctx.evaluate(self.model, ctx.selection_split)
-        self.best.offer(self.model, ctx.score(metrics), epoch, metrics)
-        row = {**{k: v / max(n, 1) for k, v in sums.items()}, **{f"sel_{k}": v for k, v in metrics.items()}}
-        self.history.append(row)
-        return row
+        return self.end_epoch(ctx, self.model, epoch, sums, n)
 
-    def finish(self, ctx: Any) -> dict[str, Any]:
+    def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(self.model)
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "alpha": self.alpha, "beta": self.beta}
@@ -92,11 +93,20 @@ class DistillPhase(TrainingPhase):
 
 @register_phase("undistilled")
 class UndistilledPhase(DistillPhase):
-    """The baseline row: the same student trained on labels alone (α = β = 0)."""
+    """The baseline row: the same student trained on labels alone (α = β = 0), from the initial student."""
 
+    row = Row("undistilled", "student, undistilled", student=True)
+    trains = ("undistilled",)
+    reads = ()
+    fields = STUDENT_FIELDS
     distilled = False
+    salt = 3
 
-    def agent(self, ctx: Any) -> nn.Module:
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        check_student(cfg)
+
+    def row_agent(self, ctx: RunContext) -> nn.Module:
         if "undistilled" not in ctx.agents:
             clone = copy.deepcopy(ctx.student)
             clone.load_state_dict(ctx.initial_student_state)

@@ -15,39 +15,56 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mpdistil.config import ConfigError
+from mpdistil.context import RunContext
 from mpdistil.losses import META_LOSSES
-from mpdistil.phases import TrainingPhase, register_phase
-from mpdistil.pilot import apply_gradient, pilot_gradient
-from mpdistil.training import BestKeeper, predict
+from mpdistil.phases import Row, TrainingPhase, register_phase
+from mpdistil.pilot import PILOT_FIELDS, apply_gradient, check_pilot, pilot_gradient
+from mpdistil.training import predict
 
 
 @register_phase("meta_teacher")
 class MetaTeacherPhase(TrainingPhase):
-    def epochs(self, ctx: Any) -> int:
+    row = Row("meta_teacher", "meta-teacher T'")
+    trains = ("meta_teacher",)
+    reads = ("teacher", "student", "meta_teacher")
+    cache = "students"
+    fields = PILOT_FIELDS + ("method.student_epochs", "method.meta_loss", "method.meta_lr", "method.meta_teacher",
+                             "method.meta_input", "method.meta_objective", "method.meta_lambda")
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        m = cfg.method
+        if not 0.0 <= m.meta_lambda <= 1.0:
+            raise ConfigError(f"method.meta_lambda={m.meta_lambda} must lie in [0, 1]")
+        if m.meta_lr <= 0:
+            raise ConfigError(f"method.meta_lr={m.meta_lr} must be > 0")
+        check_pilot(cfg)
+
+    def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.student_epochs
 
-    def prepare(self, ctx: Any) -> None:
+    def prepare(self, ctx: RunContext) -> None:
         ctx.meta_teacher()
 
-    def start(self, ctx: Any) -> None:
+    def loaded(self, ctx: RunContext) -> None:
+        ctx.meta_teacher().trained = True
+
+    def row_agent(self, ctx: RunContext) -> None:
+        return None  # T' labels the frozen teacher's cached representations: see row_logits
+
+    def row_logits(self, ctx: RunContext, split: str) -> torch.Tensor:
+        return ctx.meta_teacher_logits(split)
+
+    def start(self, ctx: RunContext) -> None:
         self.mt = ctx.meta_teacher()
         self.opt = ctx.rt.optimizer(self.mt.parameters(), ctx.cfg.method.meta_lr)
-        self.best = BestKeeper("meta_teacher")
-        self.history: list[dict[str, float]] = []
 
-    def student_representation(self, ctx: Any) -> torch.Tensor:
+    def student_representation(self, ctx: RunContext) -> torch.Tensor:
         out = predict(ctx.student, ctx.splits["quiz"], ctx.rt, with_pooled=True)
         return out["pooled"] if ctx.cfg.method.meta_input == "pooled" else out["cls"]
 
-    def _train_batches(self, ctx: Any, epoch: int):
-        """Endless train' batches for the pilot steps (their soft targets come from T')."""
-        sweep = 0
-        while True:
-            yield from ctx.rt.batches(ctx.splits["train"], ctx.cfg.trainer.batch_size, shuffle=True,
-                                      generator=ctx.generator(6, epoch, sweep))
-            sweep += 1
-
-    def run_epoch(self, ctx: Any, epoch: int) -> dict[str, float]:
+    def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         m, rt = ctx.cfg.method, ctx.rt
         if m.meta_loss == "none" and m.meta_objective == "direct":
             return {}
@@ -57,7 +74,8 @@ class MetaTeacherPhase(TrainingPhase):
         h_train = ctx.representation(ctx.teacher_cache("train")) if m.meta_objective != "direct" else None
         params = [p for p in self.mt.parameters() if p.requires_grad]
         weight_direct = {"direct": 1.0, "pilot": 0.0, "mixed": 1.0 - m.meta_lambda}[m.meta_objective]
-        train_iter = self._train_batches(ctx, epoch) if h_train is not None else None
+        # endless train' batches for the pilot steps (their soft targets come from T')
+        train_iter = ctx.endless_batches(ctx.splits["train"], 6, epoch) if h_train is not None else None
         quiz_batches = list(rt.batches(split, ctx.cfg.trainer.batch_size, shuffle=True,
                                        generator=ctx.generator(4, epoch)))
         self.mt.train()
@@ -91,13 +109,9 @@ class MetaTeacherPhase(TrainingPhase):
             apply_gradient(params, grads, self.opt, rt.grad_clip, "meta-teacher")
         self.mt.trained = True
         metrics = ctx.metrics_from_logits(ctx.meta_teacher_logits(ctx.selection_split), ctx.selection_split)
-        self.best.offer(self.mt, ctx.score(metrics), epoch, metrics)
-        row = {**{k: v / max(len(quiz_batches), 1) for k, v in sums.items()},
-               **{f"sel_{k}": v for k, v in metrics.items()}}
-        self.history.append(row)
-        return row
+        return self.end_epoch(ctx, self.mt, epoch, sums, len(quiz_batches), metrics)
 
-    def finish(self, ctx: Any) -> dict[str, Any]:
+    def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(self.mt)
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "meta_loss": ctx.cfg.method.meta_loss, "meta_objective": ctx.cfg.method.meta_objective}

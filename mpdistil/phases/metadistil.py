@@ -10,55 +10,60 @@ the meta-trained copy lives in ``ctx.agents["metadistil_teacher"]``.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss
-from mpdistil.phases import TrainingPhase, register_phase
-from mpdistil.pilot import apply_gradient, pilot_gradient
-from mpdistil.training import BestKeeper
+from mpdistil.phases import (STUDENT_FIELDS, Row, TrainingPhase, accumulate, check_distillation, check_student,
+                             register_phase)
+from mpdistil.pilot import PILOT_FIELDS, apply_gradient, check_pilot, pilot_gradient
 
 
 @register_phase("metadistil")
 class MetaDistilPhase(TrainingPhase):
+    row = Row("student", "student, distilled", student=True)
+    trains = ("student", "metadistil_teacher")
+    reads = ("teacher", "student")
+    cache = "students"
+    fields = STUDENT_FIELDS + PILOT_FIELDS + ("method.teacher_lr",)
     optimizers = ("opt_teacher", "opt_student")
 
-    def epochs(self, ctx: Any) -> int:
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        check_student(cfg)
+        check_distillation(cfg)
+        check_pilot(cfg)
+
+    def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.student_epochs
 
-    def prepare(self, ctx: Any) -> None:
+    def prepare(self, ctx: RunContext) -> None:
         if "metadistil_teacher" not in ctx.agents:
             ctx.agents["metadistil_teacher"] = copy.deepcopy(ctx.teacher)
 
-    def start(self, ctx: Any) -> None:
-        self.prepare(ctx)
+    def row_agent(self, ctx: RunContext) -> torch.nn.Module:
+        return ctx.student
+
+    def start(self, ctx: RunContext) -> None:
         m, rt = ctx.cfg.method, ctx.rt
         self.teacher = ctx.agents["metadistil_teacher"]
         self.params = [p for p in self.teacher.parameters() if p.requires_grad]
         self.opt_teacher = rt.optimizer(self.params, m.teacher_lr)
         self.opt_student = rt.optimizer(ctx.student.parameters(), m.student_lr)
-        self.best = BestKeeper("metadistil")
-        self.history: list[dict[str, float]] = []
-
-    def _endless(self, ctx: Any, split: str, *salt: int) -> Iterator[dict[str, Any]]:
-        sweep = 0
-        while True:
-            yield from ctx.rt.batches(ctx.splits[split], ctx.cfg.trainer.batch_size, shuffle=True,
-                                      generator=ctx.generator(*salt, sweep))
-            sweep += 1
 
     def _soft(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.teacher(**model_inputs(batch)).logits
 
-    def run_epoch(self, ctx: Any, epoch: int) -> dict[str, float]:
+    def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         m, rt, student, kind = ctx.cfg.method, ctx.rt, ctx.student, ctx.task.kind
         student.train(not m.authors_no_dropout)
         self.teacher.eval()
-        quiz = self._endless(ctx, "quiz", 7, epoch)
-        extra = self._endless(ctx, "train", 8, epoch)
+        quiz = ctx.endless_batches(ctx.splits["quiz"], 7, epoch)
+        extra = ctx.endless_batches(ctx.splits["train"], 8, epoch)
         sums: dict[str, float] = {}
         n = 0
         batches = rt.batches(ctx.splits["train"], ctx.cfg.trainer.batch_size, shuffle=True,
@@ -75,18 +80,14 @@ class MetaDistilPhase(TrainingPhase):
                 loss, parts = distillation_loss(out.logits, soft, batch["labels"], kind, m.alpha, m.temperature,
                                                 m.soft_loss)
             rt.step(loss, self.opt_student, "student (MetaDistil)")
-            for k, v in {"loss": float(loss.detach()), "quiz_loss": stats["outer_loss"], **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v
+            accumulate(sums, {"loss": float(loss.detach()), "quiz_loss": stats["outer_loss"], **parts})
             n += 1
         metrics = ctx.evaluate(student, ctx.selection_split)
-        self.best.offer(student, ctx.score(metrics), epoch, metrics)
         teacher_metrics = ctx.evaluate(self.teacher, ctx.selection_split)
-        row = {**{k: v / max(n, 1) for k, v in sums.items()}, **{f"sel_{k}": v for k, v in metrics.items()},
-               **{f"teacher_sel_{k}": v for k, v in teacher_metrics.items()}}
-        self.history.append(row)
-        return row
+        return self.end_epoch(ctx, student, epoch, sums, n, metrics,
+                              **{f"teacher_sel_{k}": v for k, v in teacher_metrics.items()})
 
-    def finish(self, ctx: Any) -> dict[str, Any]:
+    def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(ctx.student)
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "pilot_lr": ctx.cfg.method.pilot_lr, "unroll_steps": ctx.cfg.method.unroll_steps,

@@ -1,0 +1,114 @@
+"""Running one phase group (``a+b``: b after every epoch of a): from the cache, or trained with checkpoints.
+
+A group whose phases all declare a cache folder is looked up by its identity (the phases' declared
+fields, the data's content hash, the group's position and the identities of the agents it starts
+from) and stored there when trained, so ablations over later phases reuse earlier ones.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional
+
+from mpdistil.caches import CacheEntry
+from mpdistil.checkpoints import Checkpoint, Position, kill_point, restore
+from mpdistil.context import RunContext
+from mpdistil.identity import COMMON_FIELDS, field_values, fingerprint, identity
+from mpdistil.phases import PHASES, Phase
+from mpdistil.seeding import seed_group, set_rng_state
+
+
+def phase_groups(cfg: Any) -> list[list[str]]:
+    return [group.split("+") for group in cfg.method.phases]
+
+
+def group_identity(ctx: RunContext, phases: list[Phase], index: int) -> dict[str, Any]:
+    fields = COMMON_FIELDS + tuple(f for p in phases for f in p.identity_fields())
+    upstream = {a: ctx.lineage.get(a, "initial") for p in phases for a in p.reads}
+    return identity(f"group {index}: {'+'.join(p.name for p in phases)}", field_values(ctx.cfg, fields),
+                    ctx.data_hash, upstream)
+
+
+def run_group(ctx: RunContext, group: list[str], index: int = 0, ckpt: Optional[Checkpoint] = None,
+              saved: Optional[dict[str, Any]] = None) -> list[Phase]:
+    """Run (or load) one group; returns its phases that produced a table row.
+
+    ``saved``: a checkpoint taken inside this group, to continue after its last completed epoch.
+    """
+    phases = [PHASES[name]() for name in group]
+    if saved is None:
+        seed_group(ctx.cfg.seed, index)
+    key = group_identity(ctx, phases, index)
+    kinds = {p.cache for p in phases}
+    entry = CacheEntry(ctx.cache_dir, phases[0].cache, key) if None not in kinds and len(kinds) == 1 else None
+    try:
+        with entry.lock if entry else contextlib.nullcontext():
+            cached = entry.load() if entry and ctx.cfg.trainer.reuse_cache else None
+            if cached is not None:
+                load_cached(ctx, phases, entry, *cached)
+            else:
+                train(ctx, phases, index, entry, ckpt, saved)
+    finally:
+        for phase in phases:
+            phase.close(ctx)
+    ctx.lineage.update({agent: fingerprint(key) for phase in phases for agent in phase.trains})
+    return [phase for phase in phases if phase.produces_row(ctx)]
+
+
+def _modules(ctx: RunContext, phases: list[Phase]) -> dict[str, Any]:
+    return {name: module for phase in phases for name, module in phase.modules(ctx).items()}
+
+
+def load_cached(ctx: RunContext, phases: list[Phase], entry: CacheEntry, state: dict[str, Any],
+                records: dict[str, Any]) -> None:
+    for phase in phases:
+        phase.prepare(ctx)
+    for name, module in _modules(ctx, phases).items():
+        module.load_state_dict(state[name])
+    for phase in phases:
+        phase.loaded(ctx)
+        ctx.records[phase.name] = {**records[phase.name], "cached": True, "cache": str(entry.folder)}
+
+
+def train(ctx: RunContext, phases: list[Phase], index: int, entry: Optional[CacheEntry],
+          ckpt: Optional[Checkpoint], saved: Optional[dict[str, Any]]) -> None:
+    """prepare → start → epochs (a checkpoint after each, per trainer.checkpoint_every) → finish; the entry
+    caches the result."""
+    for phase in phases:
+        phase.prepare(ctx)
+        phase.start(ctx)
+    first = 0
+    if saved is not None:
+        for phase in phases:
+            phase.load_state_dict(saved["phases"][phase.name])
+        set_rng_state(saved["rng"])  # start() may draw random numbers the interrupted run drew before the checkpoint
+        first = saved["position"]["epoch"]
+    epochs = phases[0].epochs(ctx)
+    for epoch in range(first, epochs):
+        for phase in phases:
+            ctx.rt.stage = f"{phase.name}:{epoch}"
+            row = phase.run_epoch(ctx, epoch)
+            if row:
+                ctx.logger.log(phase.name, epoch, row)
+        ctx.rt.stage = ""
+        if ckpt is not None and ckpt.due(epoch, epochs):
+            ckpt.save(ctx, Position(index, epoch + 1), phases)
+        for phase in phases:
+            kill_point(f"{phase.name}:{epoch}")
+    for phase in phases:
+        ctx.records[phase.name] = phase.finish(ctx)
+    if entry is not None:
+        for phase in phases:
+            ctx.records[phase.name].update(cached=False, cache=str(entry.folder))
+        state = {name: {k: v.detach().cpu() for k, v in module.state_dict().items()}
+                 for name, module in _modules(ctx, phases).items()}
+        entry.save(state, {phase.name: ctx.records[phase.name] for phase in phases})
+
+
+def resume(ctx: RunContext, groups: list[list[str]], saved: dict[str, Any]) -> Position:
+    """Recreate the agents of the groups run before the checkpoint (heads, clones, T', policy), then load it."""
+    position = Position(**saved["position"])
+    for group in groups[:position.group + (1 if position.epoch else 0)]:
+        for name in group:
+            PHASES[name]().prepare(ctx)
+    restore(ctx, saved)
+    return position
