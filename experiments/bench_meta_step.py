@@ -136,7 +136,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         cfg = MetaStepConfig(lr=args.pilot_lr, steps=1, first_order=first_order, backend=backend)
         metas = list(meta_teacher.parameters())
         grads, _ = meta_gradient(student, metas, inner, outer, [train], [quiz], cfg)
-        for p, g in zip(metas, grads):
+        for p, g in zip(metas, grads, strict=True):
             p.grad = g
         meta_opt.step()
         meta_opt.zero_grad(set_to_none=True)
@@ -239,6 +239,8 @@ def main() -> None:
         print(MARK + json.dumps(run_mode(args)), flush=True)
         return
 
+    environment = machine_info()
+    print(f"machine: {json.dumps(environment)}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
     for _ in range(args.rounds):
         for mode in args.modes:
@@ -261,7 +263,7 @@ def main() -> None:
         "command": " ".join(["python", "experiments/bench_meta_step.py", *sys.argv[1:]]),
         "config": {k: (args.model_label if k == "model" else v) for k, v in vars(args).items()
                    if k not in ("child", "model_label", "out")},  # out: a path of this machine
-        "environment": machine_info(),
+        "environment": environment,
         "goal": {"time_ratio_max": 3.0, "memory_ratio_max": 2.5, "mode": "so-* (k=1, second order)"},
         "results": results,
     }

@@ -4,7 +4,8 @@ Sizes: CB (250), RTE (2,490) and SST-2 subsets of 2.5k, 5k and 10k examples, one
 distillation epoch with its meta-teacher pass, a few curriculum episodes (each a pass over the quiz
 split, so also linear in size); the line is fitted over the SST-2 subsets. Tasks: CB as the main task with 0 to 4
 other SuperGLUE tasks as curriculum actions, fixed episodes. Each point is a fresh run (nothing
-cached). Writes a JSON and a two-panel plot with a least-squares line per panel.
+cached). Prints the machine and writes it, with the git commit, into a JSON beside a two-panel plot
+with a least-squares line per panel.
 
     python experiments/bench_scaling.py --data-dir ../shared/data
 """
@@ -16,8 +17,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from bench_anchor import REPO, fresh_run, git_commit  # puts the repository on sys.path too
 
-from bench_anchor import REPO, fresh_run
+from mpdistil.results import machine_info
 
 COMMON = ["model=minilm", "method=mpdistil", "experiment=paper", "logger=none", "trainer.progress=false",
           "trainer.reuse_cache=false", "eval.attribution=none", "eval.write_test_predictions=false",
@@ -107,11 +109,13 @@ def main() -> None:
         **{f"sst2_{n // 1000}k": ["task=sst2", f"data_dir={root / 'glue'}", f"task.max_train_examples={n}"]
            for n in (2500, 5000, 10000)},
     }
-    report: dict = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "size": {}, "tasks": {}}
+    machine = machine_info()
+    print(f"machine: {json.dumps(machine)}", flush=True)
+    report: dict = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
+                    "machine": machine, "size": {}, "tasks": {}}
     for name, ov in size_runs.items():
         r = timed_run([*ov, f"method.episodes={args.episodes}", "method.curriculum_tasks=[]"])
         report["size"][name] = r
-        report.setdefault("machine", r["machine"])  # the CPU the times were measured on
         print(f"size {name}: {r}", flush=True)
     others = ["rte", "copa", "wic", "wsc"]
     for k in range(len(others) + 1):

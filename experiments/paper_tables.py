@@ -1,4 +1,4 @@
-"""The paper's published numbers (MPDistil, ICLR 2024; transcribed from docs/METHOD.md) as data.
+"""The paper's published numbers (MPDistil, ICLR 2024; Tables 1a, 1b and 4, dev sets) as data.
 
 Kept apart from the renderer so the transcription can be checked against the paper line by line.
 Values are percentages on the official dev sets. A cell with two numbers (MNLI m/mm, MRPC acc/F1,
@@ -47,8 +47,8 @@ GLUE_COLUMNS: tuple[Column, ...] = (
     _acc("wnli", "WNLI"),
 )
 
-# The GLUE half of the CPU reproduction (issue 6): the GLUE tasks with files in ../shared/data. CoLA is not in
-# Table 4, so its column has no paper value; MRPC and STS-B keep Table 4's two-number cells.
+# The GLUE half of the CPU reproduction (table cpu_repro_glue, experiment=cpu_repro): RTE, MRPC, STS-B, CoLA and
+# SST-2. CoLA is not in Table 4, so its column has no paper value; MRPC and STS-B keep Table 4's two-number cells.
 CPU_GLUE_COLUMNS: tuple[Column, ...] = (
     _acc("glue_rte", "RTE"),
     Column("mrpc", "MRPC", (Part("acc", "dev", "accuracy"), Part("F1", "dev", "f1"))),
@@ -88,10 +88,10 @@ def _rows(columns: tuple[Column, ...], values: dict[str, list[Cell]]) -> dict[st
         cells = values[row]
         if len(cells) != len(columns):
             raise ValueError(f"row {row!r} has {len(cells)} cells for {len(columns)} columns")
-        for col, cell in zip(columns, cells):
+        for col, cell in zip(columns, cells, strict=True):
             if len(cell) != len(col.parts):
                 raise ValueError(f"row {row!r}, column {col.title}: {len(cell)} numbers for {len(col.parts)} parts")
-        out[row] = {col.task: tuple(cell) for col, cell in zip(columns, cells)}
+        out[row] = {col.task: tuple(cell) for col, cell in zip(columns, cells, strict=True)}
     return out
 
 

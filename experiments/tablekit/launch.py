@@ -1,0 +1,141 @@
+"""The Hydra multiruns behind a table or the ablation: which ``main.py -m`` commands, run one after another."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from paper_tables import SUPERGLUE_COLUMNS
+
+from .specs import ABLATIONS, TABLES
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Sweep:
+    """One Hydra multirun: ``python main.py -m <overrides>``."""
+
+    name: str
+    overrides: list[str]
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(REPO / "main.py"), "-m", *self.overrides]
+
+
+_PLAIN = re.compile(r"^[\w./:+\-@]*$")
+
+
+def hydra_value(value: str) -> str:
+    """Quote a value for a Hydra override when it has characters the override grammar would parse."""
+    if _PLAIN.match(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def is_sweep(override: str) -> bool:
+    """Whether an extra override expands to several jobs (a,b | choice(...) | range(...) | glob(...))."""
+    _, sep, value = override.partition("=")
+    value = value.strip()
+    if not sep or value.startswith(("[", "{", "'", '"')):
+        return False
+    return "," in value or value.startswith(("choice(", "range(", "glob(", "interval("))
+
+
+def _suffix(extra: Sequence[str]) -> str:
+    """Extra overrides that sweep need their own folder level, or their jobs would share one folder."""
+    return "/${hydra.job.override_dirname}" if any(is_sweep(e) for e in extra) else ""
+
+
+def table_sweeps(table: str, tasks: Sequence[str], seeds: Sequence[int], common: list[str], root: Path,
+                 extra: list[str]) -> list[Sweep]:
+    """Per task: the pkd sweep, then the four mpdistil variants (the teacher is trained once, by the first)."""
+    spec = TABLES[table]
+    out = []
+    for task in tasks:
+        base = [f"experiment={spec.experiment}", f"task={task}", f"seed={','.join(map(str, seeds))}",
+                f"experiment_name={table}", *common]
+        out.append(Sweep(f"{task}/kd", ["method=pkd", *base,
+                                        f"hydra.sweep.dir={hydra_value(str(root / table / task / 'kd'))}",
+                                        "hydra.sweep.subdir=seed${seed}" + _suffix(extra), *extra]))
+        out.append(Sweep(f"{task}/mpdistil", [
+            "method=mpdistil", "method.meta_loss=col,com", "method.reward=binary,real", *base,
+            f"hydra.sweep.dir={hydra_value(str(root / table / task / 'mpdistil'))}",
+            "hydra.sweep.subdir=seed${seed}/${method.meta_loss}_${method.reward}" + _suffix(extra), *extra]))
+    return out
+
+
+def ablation_sweeps(base: str, settings: Sequence[str], tasks: Sequence[str], seeds: Sequence[int],
+                    common: list[str], root: Path, extra: list[str]) -> list[Sweep]:
+    """Per task and setting one sweep over seeds; the full method always first."""
+    out = []
+    for task in tasks:
+        for name in (["full"] + [s for s in settings if s != "full"]):
+            ab = ABLATIONS[name]
+            out.append(Sweep(f"{task}/{name}", [
+                f"experiment={base}", f"method={ab.method}", f"task={task}", f"seed={','.join(map(str, seeds))}",
+                f"experiment_name=ablation/{name}", *common, *ab.overrides,
+                f"hydra.sweep.dir={hydra_value(str(root / 'ablation' / task / name))}",
+                "hydra.sweep.subdir=seed${seed}" + _suffix(extra), *extra]))
+    return out
+
+
+def default_tasks(table: str) -> list[str]:
+    return [c.task for c in (TABLES[table].columns if table in TABLES else SUPERGLUE_COLUMNS)]
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    """``tables.py run``: launch (or with --dry-run print) the sweeps; a failed sweep does not stop the next."""
+    root = Path(args.runs_root).expanduser().resolve()
+    tasks = args.tasks or default_tasks(args.table)
+    common = []
+    if args.data_dir:
+        common.append(f"data_dir={hydra_value(str(Path(args.data_dir).expanduser().resolve()))}")
+    if args.launcher:
+        common.append(f"hydra/launcher={args.launcher}")
+    if args.table == "ablation" and args.only:
+        print("error: --only picks a table's kd or mpdistil sweep; for the ablation pick with --settings",
+              file=sys.stderr)
+        return 2
+    if args.table == "ablation":
+        unknown = [s for s in args.settings or [] if s not in ABLATIONS]
+        if unknown:
+            print(f"error: unknown ablation setting(s) {unknown}; known: {', '.join(ABLATIONS)}", file=sys.stderr)
+            return 2
+        sweeps = ablation_sweeps(args.base, args.settings or list(ABLATIONS), tasks, args.seeds, common, root, extra)
+        out_dir = root / "ablation"
+    else:
+        sweeps = table_sweeps(args.table, tasks, args.seeds, common, root, extra)
+        if args.only:
+            sweeps = [s for s in sweeps if s.name.endswith("/" + args.only)]
+        out_dir = root / args.table
+    render = f"python experiments/tables.py render {args.table} {shlex.quote(str(out_dir))}"
+    if args.dry_run:
+        for s in sweeps:
+            print(shlex.join(s.command()))
+        print(f"# then: {render}")
+        return 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = []
+    for s in sweeps:
+        print(f"\n[tables] {args.table}/{s.name}: {shlex.join(s.command())}", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.run(s.command(), cwd=REPO).returncode
+        row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "sweep": s.name, "command": s.command(),
+               "returncode": rc, "seconds": round(time.perf_counter() - start, 1)}
+        log.append(row)
+        with open(out_dir / "sweeps.jsonl", "a") as f:  # one line per sweep, kept when the script is killed
+            f.write(json.dumps(row) + "\n")
+        if rc != 0:
+            print(f"[tables] {args.table}/{s.name} failed (exit {rc}); its finished runs are kept", flush=True)
+    failed = [r["sweep"] for r in log if r["returncode"] != 0]
+    print(f"\n[tables] {len(log) - len(failed)}/{len(log)} sweeps succeeded"
+          + (f"; failed: {', '.join(failed)}" if failed else "") + f"\n[tables] render: {render}", flush=True)
+    return 1 if failed else 0
