@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mpdistil.config import register_configs
-from mpdistil.errors import fail_cleanly, check_presets
+from mpdistil.errors import check_presets, fail_cleanly
 
 CONF = Path(__file__).resolve().parent / "conf"
 register_configs()

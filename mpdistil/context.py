@@ -134,7 +134,7 @@ class RunContext:
         h = self.representation(self.teacher_cache(split))
         return mt(h.view(-1, h.shape[-1]).to(self.rt.device), "teacher", self.splits[split].num_choices).float().cpu()
 
-    def timed(self, name: str) -> "_Timer":
+    def timed(self, name: str) -> _Timer:
         return _Timer(self, name)
 
 
@@ -156,7 +156,7 @@ def teacher_outputs(teacher: Agent, split: EncodedSplit, rt: Runtime, layers: li
             values = {"logits": out.logits.float().cpu(), "pooled": pooled,
                       "last_cls": out.cls.float().view(b, -1, out.cls.shape[-1]).cpu()}
             if layers:
-                values["cls"] = torch.stack([out.cls_states[l - 1].float() for l in layers], 1).view(
+                values["cls"] = torch.stack([out.cls_states[layer - 1].float() for layer in layers], 1).view(
                     b, -1, len(layers), out.pooled.shape[-1]).cpu()
             for key, val in values.items():
                 if store[key] is None:
@@ -173,7 +173,7 @@ class _Timer:
     def __init__(self, ctx: RunContext, name: str) -> None:
         self.ctx, self.name = ctx, name
 
-    def __enter__(self) -> "_Timer":
+    def __enter__(self) -> _Timer:
         counter = self.ctx.flop_counter
         self.flops = counter.get_total_flops() if counter is not None else 0
         self.start = time.perf_counter()

@@ -11,7 +11,7 @@ from mpdistil.data.types import DataError
 from mpdistil.training import NonFiniteLossError
 
 USER_ERRORS = (ConfigError, DataError, NonFiniteLossError)
-GROUPS = ("task", "model", "method", "trainer", "logger", "experiment")
+GROUPS = ("task", "model", "method", "trainer", "logger", "experiment", "debug")
 
 
 def _die(message: str) -> None:

@@ -28,6 +28,11 @@ def group_identity(ctx: RunContext, phases: list[Phase], index: int) -> dict[str
                     ctx.data_hash, upstream)
 
 
+def advance(lineage: dict[str, str], phases: list[Phase], key: dict[str, Any]) -> None:
+    """After a group: the agents it trained now descend from its identity."""
+    lineage.update({agent: fingerprint(key) for phase in phases for agent in phase.trains})
+
+
 def run_group(ctx: RunContext, group: list[str], index: int = 0, ckpt: Optional[Checkpoint] = None,
               saved: Optional[dict[str, Any]] = None) -> list[Phase]:
     """Run (or load) one group; returns its phases that produced a table row.
@@ -50,7 +55,7 @@ def run_group(ctx: RunContext, group: list[str], index: int = 0, ckpt: Optional[
     finally:
         for phase in phases:
             phase.close(ctx)
-    ctx.lineage.update({agent: fingerprint(key) for phase in phases for agent in phase.trains})
+    advance(ctx.lineage, phases, key)
     return [phase for phase in phases if phase.produces_row(ctx)]
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,7 +28,7 @@ class Logger:
 
 def _never_raise(fn: Callable) -> Callable:
     @functools.wraps(fn)
-    def wrapper(self: "WandbLogger", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: WandbLogger, *args: Any, **kwargs: Any) -> Any:
         if self.run is None:
             return None
         try:
@@ -100,7 +99,3 @@ def build_logger(cfg: Any, config: dict[str, Any], out_dir: Path, name: str) -> 
         return Logger()
     return WandbLogger(cfg, config, out_dir, name)
 
-
-def wandb_imported() -> bool:
-    """For tests: ``logger=none`` must not even import wandb."""
-    return "wandb" in sys.modules

@@ -1,4 +1,4 @@
-"""Every loss and reward of the method as a pure function of tensors (see METHOD.md).
+"""Every loss and reward of the method as a pure function of tensors (docs/method.md gives the equations).
 
 ``kind`` is the task kind: "classification" and "multiple_choice" use class/choice logits
 [B, C]; "regression" uses predictions [B]. For regression, p(y|x) is replaced by −|y − ŷ|.
@@ -63,11 +63,11 @@ def layer_map(n_student: int, n_teacher: int, how: str) -> list[tuple[int, int]]
         raise ValueError(f"student has {n_student} layers, more than the teacher's {n_teacher}")
     if how == "skip":
         step = n_teacher // n_student
-        return [(l, l * step) for l in range(1, n_student + 1)]
+        return [(s, s * step) for s in range(1, n_student + 1)]
     if how == "first":
-        return [(l, l) for l in range(1, n_student + 1)]
+        return [(s, s) for s in range(1, n_student + 1)]
     if how == "last":
-        return [(l, n_teacher - n_student + l) for l in range(1, n_student + 1)]
+        return [(s, n_teacher - n_student + s) for s in range(1, n_student + 1)]
     raise ValueError(f"unknown layer map {how!r}")
 
 

@@ -1,6 +1,6 @@
 """Meta-gradient of a quiz loss through k differentiable inner SGD steps of a student.
 
-This is the MetaDistil "pilot update" (METHOD.md, "Differentiable inner updates"): the student
+This is the MetaDistil "pilot update" (docs/method.md, phase 3): the student
 takes k SGD steps on an inner loss shaped by meta-parameters φ (a teacher or meta-teacher), the
 stepped student is scored on quiz batches, and the quiz loss is differentiated back into φ.
 The student itself is never modified; the caller applies the returned gradient to φ.
@@ -192,7 +192,8 @@ def _inner_stats(values: list[float]) -> dict[str, float]:
     return stats
 
 
-def _func_forward(student: torch.nn.Module, names: list[str], params: ParamList, buffers: dict[str, torch.Tensor]) -> Forward:
+def _func_forward(student: torch.nn.Module, names: list[str], params: ParamList,
+                  buffers: dict[str, torch.Tensor]) -> Forward:
     """The student as a function of ``params``; buffers are private copies so no state leaks back."""
     tensors = dict(zip(names, params))
 

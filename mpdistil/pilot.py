@@ -15,7 +15,6 @@ from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss, hard_loss
 from mpdistil.meta import MetaStepConfig, meta_gradient
 
-
 # The config fields a pilot step reads: its inner loss (α, τ, soft loss) and how it is unrolled.
 PILOT_FIELDS = ("method.alpha", "method.temperature", "method.soft_loss", "method.pilot_lr", "method.unroll_steps",
                 "method.first_order", "method.meta_backend", "method.quiz_batches_per_step")

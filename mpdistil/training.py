@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
@@ -10,8 +9,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from mpdistil.data.encode import EncodedSplit, iterate, model_inputs
 from mpdistil.checkpoints import kill_point
+from mpdistil.data.encode import EncodedSplit, iterate, model_inputs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,7 +55,7 @@ class Runtime:
 
     def optimizer(self, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one pass; on CPU the default per-tensor loop made AdamW over
-        # MiniLM's 11.7M-parameter embedding matrix a large share of every step (issue 8).
+        # MiniLM's 11.7M-parameter embedding matrix a large share of every step.
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=self.weight_decay,
                                  fused=fused or None)
@@ -120,10 +119,6 @@ def predictions_from_logits(logits: torch.Tensor, kind: str) -> torch.Tensor:
     return logits if kind == "regression" else logits.argmax(-1)
 
 
-def probabilities(logits: torch.Tensor, kind: str) -> Optional[torch.Tensor]:
-    return None if kind == "regression" else torch.softmax(logits.float(), dim=-1)
-
-
 class BestKeeper:
     """Keeps the best state (in memory, on the CPU) by a selection score; higher is better."""
 
@@ -149,8 +144,6 @@ class BestKeeper:
         return {"score": self.score, "state": self.state, "epoch": self.epoch, "metrics": self.metrics}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.score, self.state, self.epoch, self.metrics = saved["score"], saved["state"], saved["epoch"], saved["metrics"]
+        self.score, self.state = saved["score"], saved["state"]
+        self.epoch, self.metrics = saved["epoch"], saved["metrics"]
 
-
-def clone_module(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module)

@@ -34,3 +34,12 @@ def run_cfg(out_dir: Path, *overrides: str, cache_dir: Path | None = None) -> di
 def main_py(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def custom_task(folder: Path) -> list[str]:
+    """Overrides for a small two-class custom task written into ``folder`` (no benchmark files needed)."""
+    train = folder / "train.csv"
+    train.write_text("text,label\n" + "".join(f"a {w} film number {i},{w}\n" for i in range(24)
+                                              for w in ("good", "bad")))
+    return ["task=custom", f"task.train={train}", f"task.dev={train}", "task.text_fields=[text]",
+            "task.label_field=label"]

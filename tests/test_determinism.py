@@ -38,7 +38,7 @@ def test_seeded_runs_are_identical_and_cached_phases_change_nothing(tmp_path, de
 
 
 def test_caching_frozen_teacher_outputs_is_invisible_in_results(tmp_path, deterministic_flags_restored):
-    """The speed-ups of issue 8 must not change a number: the same seeded run with the frozen teacher's outputs
+    """Caching the frozen teacher's outputs must not change a number: the same seeded run with the frozen teacher's outputs
     cached once per run and recomputed at every use gives identical metrics, histories and weights."""
     superglue = shared_data_or_skip("superglue")
     args = [*TINY, f"data_dir={superglue}", "method=mpdistil", "method.curriculum_tasks=[rte]",

@@ -114,7 +114,8 @@ def _examples(
         elif label_names is not None:
             if raw not in label_names:
                 raise row_error(
-                    path, row.line, f"label {raw!r} does not occur in the training file (labels: {', '.join(label_names)})",
+                    path, row.line,
+                    f"label {raw!r} does not occur in the training file (labels: {', '.join(label_names)})",
                     "fix the label, or add examples of that class to task.train",
                 )
             label = label_names.index(raw)
@@ -149,7 +150,8 @@ def load_custom(spec: TaskSpec, task_cfg: Any, data_dir: Optional[str], cache_di
         raws = {r for row in train_rows if (r := _raw_label(row, label_field)) is not None}
         label_names = _sorted_labels(raws)
         if len(label_names) < 2:
-            raise DataError(f"{train_path} has {len(label_names)} distinct label(s) in {label_field!r}; a classifier needs two or more")
+            raise DataError(f"{train_path} has {len(label_names)} distinct label(s) in {label_field!r}; "
+                            "a classifier needs two or more")
     train = _examples(train_rows, train_path, text_fields, label_field, kind, label_names, required=True)
     source = f"local:{train_path}"
 

@@ -323,7 +323,8 @@ def _load_hub(spec: TaskSpec, task_cfg: Any) -> TaskData:
             dataset = datasets.load_dataset(path, name, revision=revision)
     except Exception as exc:  # any hub/network/format failure becomes one actionable line
         reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise DataError(f"could not load task {spec.name} from the HF hub {where}: {type(exc).__name__}: {reason}; {fix}") from exc
+        raise DataError(f"could not load task {spec.name} from the HF hub {where}: {type(exc).__name__}: {reason}; "
+                        f"{fix}") from exc
 
     def split(ours: str) -> list[Example]:
         hub_split = spec.hub_splits[ours]

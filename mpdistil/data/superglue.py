@@ -1,6 +1,6 @@
 """SuperGLUE tasks: BoolQ, CB, COPA, RTE, WiC, WSC.
 
-Each task keeps the structure the authors' code threw away (METHOD.md, difference 7): COPA is a
+Each task keeps the structure the authors' code threw away (docs/method.md, section 6): COPA is a
 two-way multiple choice, WiC keeps its target word and marks it in both sentences, WSC marks
 both spans in the text. Local official files (``train.jsonl``, ``val.jsonl``, ``test.jsonl``)
 and hub records (``aps/super_glue``, flat fields) go through the same encoder.
@@ -133,7 +133,8 @@ def _span_matches(tokens: list[str], start: int, words: list[str]) -> bool:
     return True
 
 
-def locate_span(tokens: list[str], index: int, span_text: str, where: str, line: int, max_shift: int = 3) -> tuple[int, int]:
+def locate_span(tokens: list[str], index: int, span_text: str, where: str, line: int,
+                max_shift: int = 3) -> tuple[int, int]:
     """Token range [start, end) of a WSC span, checked against its text.
 
     The official indices are right for nearly every example; a few are off by one (WSC val) or

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from mpdistil.config import ConfigError
-from mpdistil.models.loading import load_config, load_classifier, resolve_model_source
+from mpdistil.models.loading import load_classifier, load_config, resolve_model_source
 
 
 @dataclass
@@ -94,14 +94,6 @@ class Agent(nn.Module):
         elif kind == "regression":
             logits = logits.squeeze(-1)
         return AgentOutput(logits=logits, pooled=pooled, cls=cls, cls_states=cls_states)
-
-    def classify_pooled(self, pooled: torch.Tensor, task: Optional[str] = None, choices: int = 0) -> torch.Tensor:
-        """Logits from an already pooled vector (a cached frozen encoder output)."""
-        logits = self.head(task)(pooled)
-        if choices:
-            return logits.view(-1, choices)
-        return logits.squeeze(-1) if self.kinds.get(task or self.main_task) == "regression" else logits
-
 
 def _hf_kwargs(num_labels: int, kind: str, label_names: list[str], attn: Optional[str]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"num_labels": num_labels}

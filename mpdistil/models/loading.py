@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
@@ -38,7 +38,8 @@ def resolve_model_source(name: str) -> tuple[str, str]:
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model folder {name!r} has no config.json; point model.teacher at a save_pretrained folder")
+            raise ConfigError(f"model folder {name!r} has no config.json; "
+                              "point model.teacher at a save_pretrained folder")
         return str(path.resolve()), f"local:{path.name}"
     if path.suffix or name.startswith((".", "/", "~")):
         raise ConfigError(f"model folder {name!r} does not exist; give an existing folder or a hub model name")
@@ -86,6 +87,3 @@ def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase,
             "choose a student from the same family (or model.tokenizer=<one shared tokenizer>)"
         )
 
-
-def maybe_tokenizer_source(explicit: Optional[str], fallback: str) -> str:
-    return resolve_model_source(explicit)[0] if explicit else fallback

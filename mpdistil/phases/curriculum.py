@@ -20,7 +20,7 @@ from mpdistil.context import RunContext
 from mpdistil.data.encode import EncodedSplit, iterate, model_inputs
 from mpdistil.losses import curriculum_student_loss, hard_loss, label_score, reinforce_loss, reward
 from mpdistil.models.policy import Policy, pooler_weight
-from mpdistil.phases import Row, Phase, register_phase
+from mpdistil.phases import Phase, Row, register_phase
 from mpdistil.training import BestKeeper
 
 

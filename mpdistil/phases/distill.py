@@ -44,7 +44,9 @@ class DistillPhase(TrainingPhase):
 
     def start(self, ctx: RunContext) -> None:
         m = ctx.cfg.method
-        self.alpha, self.beta = (m.alpha, m.beta) if self.distilled else (0.0, 0.0)
+        # the undistilled student reads no distillation setting: its loss is the hard-label term alone
+        self.alpha, self.beta, self.temperature, self.soft_loss = (
+            (m.alpha, m.beta, m.temperature, m.soft_loss) if self.distilled else (0.0, 0.0, 1.0, "kl"))
         self.model = self.row_agent(ctx)
         self.opt = ctx.rt.optimizer(self.model.parameters(), m.student_lr)
         self.pairs = layer_map(self.model.num_layers, ctx.teacher.num_layers, m.layer_map) if self.beta > 0 else []
@@ -79,7 +81,7 @@ class DistillPhase(TrainingPhase):
                     teacher_cls = [t[:, j] for j in range(len(self.pairs))]
                 loss, parts = distillation_loss(
                     out.logits, self.soft_targets(ctx, idx, split.num_choices), batch["labels"], kind, self.alpha,
-                    m.temperature, m.soft_loss, self.beta, student_cls, teacher_cls)
+                    self.temperature, self.soft_loss, self.beta, student_cls, teacher_cls)
             rt.step(loss, self.opt, self.name)
             accumulate(sums, {"loss": float(loss.detach()), **parts})
             n += 1

@@ -10,7 +10,7 @@ split is kept.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -64,6 +64,16 @@ class MetaTeacherPhase(TrainingPhase):
         out = predict(ctx.student, ctx.splits["quiz"], ctx.rt, with_pooled=True)
         return out["pooled"] if ctx.cfg.method.meta_input == "pooled" else out["cls"]
 
+    def _soft_targets(self, ctx: RunContext, h_train: torch.Tensor) -> Callable[[dict[str, Any]], torch.Tensor]:
+        """T''s soft targets for a train' batch, from the frozen teacher's cached representations (keeps T''s graph)."""
+        choices = ctx.splits["train"].num_choices
+
+        def soft(batch: dict[str, Any]) -> torch.Tensor:
+            h = h_train[batch["index"].cpu()]
+            return self.mt(h.view(-1, h.shape[-1]).to(ctx.rt.device), "teacher", choices)
+
+        return soft
+
     def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         m, rt = ctx.cfg.method, ctx.rt
         if m.meta_loss == "none" and m.meta_objective == "direct":
@@ -97,13 +107,7 @@ class MetaTeacherPhase(TrainingPhase):
             if weight_direct < 1:
                 quiz = [batch] + [quiz_batches[(b + j) % len(quiz_batches)] for j in range(1, m.quiz_batches_per_step)]
                 inner = [next(train_iter) for _ in range(m.unroll_steps)]
-                choices = ctx.splits["train"].num_choices
-
-                def soft(inner_batch: dict) -> torch.Tensor:
-                    h = h_train[inner_batch["index"].cpu()]
-                    return self.mt(h.view(-1, h.shape[-1]).to(rt.device), "teacher", choices)
-
-                pilot, stats = pilot_gradient(ctx, params, soft, inner, quiz)
+                pilot, stats = pilot_gradient(ctx, params, self._soft_targets(ctx, h_train), inner, quiz)
                 grads = [g + (1 - weight_direct) * p for g, p in zip(grads, pilot)]
                 sums["pilot_quiz_loss"] = sums.get("pilot_quiz_loss", 0.0) + stats["outer_loss"]
             apply_gradient(params, grads, self.opt, rt.grad_clip, "meta-teacher")

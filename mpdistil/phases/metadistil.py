@@ -18,8 +18,15 @@ from tqdm.auto import tqdm
 from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss
-from mpdistil.phases import (STUDENT_FIELDS, Row, TrainingPhase, accumulate, check_distillation, check_student,
-                             register_phase)
+from mpdistil.phases import (
+    STUDENT_FIELDS,
+    Row,
+    TrainingPhase,
+    accumulate,
+    check_distillation,
+    check_student,
+    register_phase,
+)
 from mpdistil.pilot import PILOT_FIELDS, apply_gradient, check_pilot, pilot_gradient
 
 
