@@ -85,10 +85,3 @@ def pytest_make_collect_report(collector: pytest.Collector) -> object:
         report.outcome = "failed"
         report.longrepr = f"unexpected skip: {_skip_reason(report)}"
 
-
-def shared_data_or_skip(sub: str = "") -> Path:
-    """Deprecated: tests read FIXTURES now; removed once no test calls it."""
-    path = SHARED_DATA / sub
-    if not path.is_dir():
-        pytest.skip(f"benchmark files not found at {path} (set MPDISTIL_SHARED_DATA to the shared/data folder)")
-    return path
