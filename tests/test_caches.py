@@ -12,11 +12,10 @@ import time
 import pytest
 from filelock import FileLock, Timeout
 
+from mpdistil.checkpoints import CheckpointError
 from mpdistil.data import encode
 from mpdistil.data.types import Example
 from mpdistil.models.loading import load_tokenizer, resolve_model_source
-from mpdistil.checkpoints import CheckpointError
-from tests.conftest import shared_data_or_skip
 from tests.helpers import run_cfg
 from tests.test_resume import TINY, finish, launch
 
@@ -26,9 +25,9 @@ TEACHER_ONLY = [*TINY, "method=kd", "method.phases=[teacher]", "method.teacher_e
 def test_lock_of_a_killed_process_is_released(tmp_path):
     """filelock takes an OS lock (flock): a SIGKILLed holder cannot leave a lock that blocks the next job."""
     path = str(tmp_path / "entry.lock")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
-                               f"lock = FileLock({path!r}); lock.acquire(); print('held', flush=True); time.sleep(120)"],
-                              stdout=subprocess.PIPE, text=True)
+    code = (f"import sys, time; from filelock import FileLock; lock = FileLock({path!r}); lock.acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(Timeout):
@@ -42,8 +41,7 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
     lock.release()
 
 
-def test_two_concurrent_jobs_build_the_teacher_once(tmp_path):
-    superglue = shared_data_or_skip("superglue")
+def test_two_concurrent_jobs_build_the_teacher_once(tmp_path, superglue):
     args = [*TEACHER_ONLY, f"data_dir={superglue}"]
     jobs = [launch(tmp_path / f"job{i}", tmp_path / "cache", *args) for i in range(2)]
     for job in jobs:
@@ -85,8 +83,7 @@ def test_tokenised_cache_is_built_once_by_concurrent_jobs_and_keyed_by_text(tmp_
     assert not list((tmp_path / "tokenized").glob(".*.tmp"))
 
 
-def test_changed_data_file_rebuilds_the_teacher_and_refuses_the_checkpoint(tmp_path):
-    superglue = shared_data_or_skip("superglue")
+def test_changed_data_file_rebuilds_the_teacher_and_refuses_the_checkpoint(tmp_path, superglue):
     data = tmp_path / "superglue" / "CB"
     data.mkdir(parents=True)
     for name in ("train.jsonl", "val.jsonl", "test.jsonl"):

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from mpdistil.config import ConfigError
 from mpdistil.compare import evaluate_pair, parse_args
+from mpdistil.config import ConfigError
 from mpdistil.models.agent import build_agents
-from tests.conftest import shared_data_or_skip
 from tests.test_models import tiny_cfg
 
 
@@ -24,9 +23,8 @@ def saved_pair(tmp_path_factory):
     return root
 
 
-def test_identical_models_agree_fully(saved_pair, tmp_path):
-    data = shared_data_or_skip("superglue")
-    rep = evaluate_pair(str(saved_pair / "teacher"), str(saved_pair / "teacher"), "cb", str(data), max_examples=16,
+def test_identical_models_agree_fully(saved_pair, tmp_path, superglue):
+    rep = evaluate_pair(str(saved_pair / "teacher"), str(saved_pair / "teacher"), "cb", str(superglue), max_examples=16,
                         cache_dir=str(tmp_path))
     fid = rep["splits"]["dev"]["fidelity"]
     assert fid["agreement"] == 1.0 and fid["kl_teacher_student"] == pytest.approx(0.0, abs=1e-9)
@@ -34,9 +32,8 @@ def test_identical_models_agree_fully(saved_pair, tmp_path):
     assert rep["splits"]["dev"]["teacher"] == rep["splits"]["dev"]["student"]
 
 
-def test_different_models_report_fidelity(saved_pair, tmp_path):
-    data = shared_data_or_skip("superglue")
-    rep = evaluate_pair(str(saved_pair / "teacher"), str(saved_pair / "student"), "cb", str(data), max_examples=16,
+def test_different_models_report_fidelity(saved_pair, tmp_path, superglue):
+    rep = evaluate_pair(str(saved_pair / "teacher"), str(saved_pair / "student"), "cb", str(superglue), max_examples=16,
                         attribution="none", cache_dir=str(tmp_path))
     fid = rep["splits"]["dev"]["fidelity"]
     assert fid["n"] == 16 and fid["kl_teacher_student"] > 0

@@ -8,6 +8,8 @@ import pytest
 
 from mpdistil.data.registry import get_task_spec, load_task, task_config_for
 from mpdistil.data.types import DataError
+from tests.conftest import FIXTURES
+from tests.helpers import run_cfg
 
 
 def custom(**overrides) -> object:
@@ -21,7 +23,8 @@ def write_csv(path: Path, rows: list[str]) -> Path:
 
 @pytest.fixture
 def train_csv(tmp_path: Path) -> Path:
-    rows = ["id,text,label"] + [f"{i},\"sentence {i}, with a comma\",{'spam' if i % 3 == 0 else 'ham'}" for i in range(40)]
+    rows = ["id,text,label"] + [f"{i},\"sentence {i}, with a comma\",{'spam' if i % 3 == 0 else 'ham'}"
+                                for i in range(40)]
     return write_csv(tmp_path / "train.csv", rows)
 
 
@@ -88,7 +91,8 @@ def test_missing_column_is_named_with_columns_present(train_csv: Path) -> None:
 
 def test_unseen_dev_label(tmp_path: Path, train_csv: Path) -> None:
     dev = write_csv(tmp_path / "dev.csv", ["id,text,label", "1,a,ham", "2,b,eggs"])
-    with pytest.raises(DataError, match=r"label 'eggs' does not occur in the training file \(labels: ham, spam\) at .*dev.csv line 3"):
+    unseen = r"label 'eggs' does not occur in the training file \(labels: ham, spam\) at .*dev.csv line 3"
+    with pytest.raises(DataError, match=unseen):
         custom(train=str(train_csv), dev=str(dev), text_fields=["text"], label_field="label")
 
 
@@ -107,3 +111,38 @@ def test_missing_label_value_and_bad_regression_label(tmp_path: Path) -> None:
         custom(train=str(train), text_fields=["text"], label_field="label")
     with pytest.raises(DataError, match=r"label 'x' is not a number .* line 2"):
         custom(train=str(train), text_fields=["text"], label_field="label", type="regression")
+
+
+
+CUSTOM = FIXTURES / "custom"
+FILES = {"train": "train.csv", "dev": "dev.csv", "test": "test.csv", "text_fields": ["text"], "label_field": "topic"}
+
+
+def test_fixture_csv_files_relative_to_data_dir() -> None:
+    data = load_task(task_config_for("custom", data_dir=str(CUSTOM), **FILES), None, "/nonexistent-cache")
+    assert data.label_names == ["food", "travel", "weather"]
+    assert (len(data.train), len(data.dev["dev"]), len(data.test["test"])) == (30, 9, 3)
+    assert data.train[0].texts == ("She ordered the fish, chips and peas.",) and data.train[0].label == 0
+    assert data.train[0].uid == 101 and [e.uid for e in data.test["test"]] == [140, 141, 142]
+    assert ('He likes "proper" tea, strong and dark.',) in [e.texts for e in data.dev["dev"]]
+    for split in (data.train, data.dev["dev"]):
+        assert {e.label for e in split} == {0, 1, 2}
+    assert all(e.label is None for e in data.test["test"])
+    assert data.source == f"local:{CUSTOM / 'train.csv'} dev:{CUSTOM / 'dev.csv'} test:{CUSTOM / 'test.csv'}"
+
+
+def test_custom_task_runs_end_to_end_on_the_fixture_files(tmp_path: Path) -> None:
+    """The README's own-task command on the fixture CSVs: a stratified quiz, every agent scored, named predictions."""
+    files = [f"task.{k}={v}" for k, v in FILES.items() if k != "text_fields"] + ["task.text_fields=[text]"]
+    results = run_cfg(tmp_path, "task=custom", f"data_dir={CUSTOM}", *files, "model=tiny", "method=kd")
+    task = results["task"]
+    assert task["label_names"] == ["food", "travel", "weather"]
+    assert task["sizes"] == {"train": 27, "quiz": 3, "dev": 9, "test": 3}
+    assert set(results["agents"]) == {"teacher", "undistilled", "student"}
+    assert all(set(row["dev"]) == {"accuracy", "macro_f1"} for row in results["agents"].values())
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    train = load_task(task_config_for("custom", data_dir=str(CUSTOM), **FILES), None, "/nonexistent-cache").train
+    assert sorted(train[i].label for i in splits["quiz"]) == [0, 1, 2]  # one of each topic
+    lines = (tmp_path / "test_predictions" / "custom.tsv").read_text().splitlines()
+    assert lines[0] == "uid\tprediction" and [line.split("\t")[0] for line in lines[1:]] == ["140", "141", "142"]
+    assert all(line.split("\t")[1] in task["label_names"] for line in lines[1:])

@@ -1,8 +1,7 @@
-"""Readers and task encodings, on the real official files where they are available."""
+"""Readers and task encodings, on the fixture files and (``--shared-data``) on the official files."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,73 +17,74 @@ from mpdistil.data.registry import (
     task_config_for,
 )
 from mpdistil.data.types import DataError
+from tests.conftest import FIXTURES, SHARED_DATA
 
-SHARED = Path(os.environ.get("MPDISTIL_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+ROOTS = {"fixtures": FIXTURES, "official": SHARED_DATA}
 
 
-def shared(*parts: str) -> Path:
-    """A path in the shared official data, or skip when that copy is not on this machine."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"official data not found at {path} (set MPDISTIL_SHARED_DATA to the folder with glue/ and superglue/)")
-    return path
+def sources(*extra: str) -> list:
+    """Parameters "fixtures" and "official"; the official files are read only with --shared-data."""
+    return [pytest.param("fixtures", *extra, id="-".join(["fixtures", *extra])),
+            pytest.param("official", *extra, id="-".join(["official", *extra]), marks=pytest.mark.shared_data)]
 
 
 def load(name: str, data_dir: Path, **overrides) -> object:
     return load_task(task_config_for(name, **overrides), str(data_dir), "/nonexistent-cache")
 
 
-# Row counts from shared/data/SOURCES.md (train, dev, test).
+# (train, dev, test) rows: of the fixture files, and of the official files (from shared/data/SOURCES.md).
 COUNTS = {
-    ("superglue", "CB", "cb"): (250, 56, 250),
-    ("superglue", "COPA", "copa"): (400, 100, 500),
-    ("superglue", "RTE", "rte"): (2490, 277, 3000),
-    ("superglue", "WiC", "wic"): (5428, 638, 1400),
-    ("superglue", "WSC", "wsc"): (554, 104, 146),
-    ("glue", "CoLA", "cola"): (8551, 1043, 1063),
-    ("glue", "SST-2", "sst2"): (67349, 872, 1821),
-    ("glue", "MRPC", "mrpc"): (3668, 408, 1725),
-    ("glue", "STS-B", "stsb"): (5749, 1500, 1379),
-    ("glue", "RTE", "glue_rte"): (2490, 277, 3000),
-    ("glue", "WNLI", "wnli"): (635, 71, 146),
+    ("superglue", "CB", "cb"): {"fixtures": (48, 24, 8), "official": (250, 56, 250)},
+    ("superglue", "COPA", "copa"): {"fixtures": (32, 16, 8), "official": (400, 100, 500)},
+    ("superglue", "RTE", "rte"): {"fixtures": (48, 24, 8), "official": (2490, 277, 3000)},
+    ("superglue", "WiC", "wic"): {"fixtures": (32, 16, 8), "official": (5428, 638, 1400)},
+    ("superglue", "WSC", "wsc"): {"fixtures": (32, 16, 8), "official": (554, 104, 146)},
+    ("glue", "CoLA", "cola"): {"fixtures": (24, 16, 8), "official": (8551, 1043, 1063)},
+    ("glue", "SST-2", "sst2"): {"fixtures": (24, 8, 8), "official": (67349, 872, 1821)},
+    ("glue", "MRPC", "mrpc"): {"fixtures": (24, 8, 8), "official": (3668, 408, 1725)},
+    ("glue", "STS-B", "stsb"): {"fixtures": (16, 8, 8), "official": (5749, 1500, 1379)},
+    ("glue", "RTE", "glue_rte"): {"fixtures": (24, 24, 8), "official": (2490, 277, 3000)},
+    ("glue", "WNLI", "wnli"): {"fixtures": (16, 8, 4), "official": (635, 71, 146)},
 }
 
 
-@pytest.mark.parametrize("bench,folder,task", list(COUNTS), ids=[k[2] for k in COUNTS])
-def test_official_row_counts_and_labels(bench: str, folder: str, task: str) -> None:
-    data = load(task, shared(bench, folder))
-    n_train, n_dev, n_test = COUNTS[(bench, folder, task)]
+@pytest.mark.parametrize("source,bench,folder,task",
+                         [p for key in COUNTS for p in sources(*key)])
+def test_row_counts_and_labels(source: str, bench: str, folder: str, task: str) -> None:
+    data = load(task, ROOTS[source] / bench / folder)
+    n_train, n_dev, n_test = COUNTS[(bench, folder, task)][source]
     assert (len(data.train), len(data.dev["dev"]), len(data.test["test"])) == (n_train, n_dev, n_test)
     assert data.source.startswith("local:") and data.source.endswith(folder)
     assert all(ex.label is None for ex in data.test["test"])
     assert [ex.uid for ex in data.test["test"][:3]] == [0, 1, 2]
-    labelled = data.train + data.dev["dev"]
-    if data.kind == "regression":
-        assert all(0.0 <= ex.label <= 5.0 for ex in labelled)
-    else:
-        n_classes = len(data.label_names)
-        assert {ex.label for ex in labelled} == set(range(n_classes))
+    for split in (data.train, data.dev["dev"]):
+        if data.kind == "regression":
+            assert all(0.0 <= ex.label <= 5.0 for ex in split)
+        elif data.kind == "multiple_choice":
+            assert {ex.label for ex in split} == {0, 1}
+        else:  # every class in train and in dev
+            assert {ex.label for ex in split} == set(range(len(data.label_names)))
 
 
-def test_layouts_task_folder_benchmark_folder_and_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cb = shared("superglue", "CB")
-    for given in (SHARED, SHARED / "superglue", cb):
+def test_layouts_task_folder_benchmark_folder_and_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    cb = FIXTURES / "superglue" / "CB"
+    for given in (FIXTURES, FIXTURES / "superglue", cb):
         assert locate_task_dir(get_task_spec("cb"), given) == cb
-    assert locate_task_dir(get_task_spec("glue_rte"), SHARED) == SHARED / "glue" / "RTE"
-    assert locate_task_dir(get_task_spec("rte"), SHARED) == SHARED / "superglue" / "RTE"
-    monkeypatch.chdir(SHARED)
+    assert locate_task_dir(get_task_spec("glue_rte"), FIXTURES) == FIXTURES / "glue" / "RTE"
+    assert locate_task_dir(get_task_spec("rte"), FIXTURES) == FIXTURES / "superglue" / "RTE"
+    monkeypatch.chdir(FIXTURES)
     assert load("cb", Path("superglue")).source == f"local:{cb}"
 
 
 def test_task_cfg_data_dir_wins_over_argument() -> None:
-    cb = shared("superglue", "CB")
+    cb = FIXTURES / "superglue" / "CB"
     data = load_task(task_config_for("cb", data_dir=str(cb)), "/does/not/exist", "/nonexistent-cache")
-    assert len(data.train) == 250
+    assert len(data.train) == 48
 
 
 def test_folder_of_another_task_is_refused() -> None:
     with pytest.raises(DataError, match=r"COPA/train.jsonl.*data_dir="):
-        load("copa", shared("superglue", "CB"))
+        load("copa", FIXTURES / "superglue" / "CB")
 
 
 def test_missing_data_dir_names_path_and_fix(tmp_path: Path) -> None:
@@ -95,35 +95,57 @@ def test_missing_data_dir_names_path_and_fix(tmp_path: Path) -> None:
         load("cb", tmp_path)
 
 
-def test_cb_pairs_and_label_names() -> None:
-    data = load("cb", shared("superglue", "CB"))
+CB_FIRST = {
+    "fixtures": (("The evening was quiet. Grandma wondered whether the new road was finished.",
+                  "the new road was finished"), 2),
+    "official": (("It was a complex language. Not written down but handed down. One might say it was peeled down.",
+                  "the language was peeled down"), 0),
+}
+
+
+@pytest.mark.parametrize("source", sources())
+def test_cb_pairs_and_label_names(source: str) -> None:
+    data = load("cb", ROOTS[source] / "superglue" / "CB")
     assert data.kind == "classification" and data.label_names == ["entailment", "contradiction", "neutral"]
     first = data.train[0]
-    assert first.texts == ("It was a complex language. Not written down but handed down. One might say it was peeled down.",
-                           "the language was peeled down")
-    assert first.label == 0 and first.uid == 0
+    assert (first.texts, first.label) == CB_FIRST[source] and first.uid == 0
     assert get_task_spec("cb").metrics == ("accuracy", "macro_f1")
 
 
-def test_copa_two_choices_with_question() -> None:
-    data = load("copa", shared("superglue", "COPA"))
+COPA_FIRST = {  # (first choice's pair, second choice, label) of train[0]
+    "fixtures": (("I stood for the whole ride. What was the cause?", "The bus was crowded."), "The power went out.", 0),
+    "official": (("My body cast a shadow over the grass. What was the cause?", "The sun was rising."),
+                 "The grass was cut.", 0),
+}
+
+
+@pytest.mark.parametrize("source", sources())
+def test_copa_two_choices_with_question(source: str) -> None:
+    data = load("copa", ROOTS[source] / "superglue" / "COPA")
     assert data.kind == "multiple_choice" and data.num_labels == 1
     ex = data.train[0]
     assert isinstance(ex.texts, list) and len(ex.texts) == 2
-    assert ex.texts[0] == ("My body cast a shadow over the grass. What was the cause?", "The sun was rising.")
-    assert ex.texts[1][1] == "The grass was cut." and ex.label == 0
+    assert (ex.texts[0], ex.texts[1][1], ex.label) == COPA_FIRST[source]
+    assert ex.texts[1][0] == ex.texts[0][0]
     assert all(len(e.texts) == 2 and e.label in (0, 1) for e in data.train + data.dev["dev"])
     effect = next(e for e in data.dev["dev"] if e.texts[0][0].endswith("What was the effect?"))
     assert effect.texts[0][0] != effect.texts[0][1]
 
 
-def test_wic_keeps_and_marks_the_word() -> None:
-    data = load("wic", shared("superglue", "WiC"))
+WIC_FIRST = {
+    "fixtures": ("watch: He checked his *watch* and hurried off.", "They *watched* the parade from the balcony."),
+    "official": ("place: Do you want to come over to my *place* later?",
+                 "A political system with no *place* for the less prominent groups."),
+}
+
+
+@pytest.mark.parametrize("source", sources())
+def test_wic_keeps_and_marks_the_word(source: str) -> None:
+    folder = ROOTS[source] / "superglue" / "WiC"
+    data = load("wic", folder)
     assert data.label_names == ["false", "true"]
-    ex = data.train[0]
-    assert ex.texts == ("place: Do you want to come over to my *place* later?",
-                        "A political system with no *place* for the less prominent groups.")
-    rows = {r.fields["idx"]: r.fields for r in read_jsonl(shared("superglue", "WiC", "val.jsonl"))}
+    assert data.train[0].texts == WIC_FIRST[source]
+    rows = {r.fields["idx"]: r.fields for r in read_jsonl(folder / "val.jsonl")}
     for e in data.dev["dev"]:
         raw = rows[e.uid]
         assert e.texts[0].startswith(f"{raw['word']}: ")
@@ -132,38 +154,60 @@ def test_wic_keeps_and_marks_the_word() -> None:
             assert text.endswith(f"{sentence[:start]}*{sentence[start:end]}*{sentence[end:]}")
 
 
-def test_wsc_marks_both_spans() -> None:
-    data = load("wsc", shared("superglue", "WSC"))
-    ex = data.train[0]
-    assert ex.texts == ("*Mark* told Pete many lies about himself, which Pete included in his book. [He] should have been "
-                        "more skeptical.",)
-    rows = {r.fields["idx"]: r.fields for r in read_jsonl(shared("superglue", "WSC", "val.jsonl"))}
+WSC_EXPECTED = {  # train[0], and a dev example whose span2_index is one word off in the file
+    "fixtures": ("*Sam* waited for Uncle Joe at the station, but [he] never arrived.", 5, "because [he] wanted"),
+    "official": ("*Mark* told Pete many lies about himself, which Pete included in his book. [He] should have been "
+                 "more skeptical.", 42, "use [it]"),
+}
+
+
+@pytest.mark.parametrize("source", sources())
+def test_wsc_marks_both_spans(source: str) -> None:
+    folder = ROOTS[source] / "superglue" / "WSC"
+    data = load("wsc", folder)
+    first, off_by_one_uid, marked = WSC_EXPECTED[source]
+    assert data.train[0].texts == (first,)
+    rows = {r.fields["idx"]: r.fields for r in read_jsonl(folder / "val.jsonl")}
     for e in data.dev["dev"]:
         text = e.texts[0]
         assert text.count("[") == 1 and text.count("]") == 1 and text.count("*") >= 2
         span2 = text[text.index("[") + 1:text.index("]")]
         assert span2.lower().startswith(rows[e.uid]["target"]["span2_text"].lower())
-    off_by_one = next(e for e in data.dev["dev"] if e.uid == 42)
-    assert "use [it]" in off_by_one.texts[0]
+    off_by_one = next(e for e in data.dev["dev"] if e.uid == off_by_one_uid)
+    target = rows[off_by_one_uid]["target"]
+    assert off_by_one.texts[0].split()[target["span2_index"]] != f"[{target['span2_text']}]"
+    assert marked in off_by_one.texts[0]
     assert all(e.texts[0].count("[") == 1 for e in data.test["test"])
 
 
-def test_cola_headerless_train_and_matthews_metric() -> None:
-    folder = shared("glue", "CoLA")
+COLA_EXPECTED = {  # train[0], the last dev uid, train rows
+    "fixtures": ("Teachers the have finished the work.", 15, 24),
+    "official": ("Our friends won't buy this analysis, let alone the next one we propose.", 1042, 8551),
+}
+
+
+@pytest.mark.parametrize("source", sources())
+def test_cola_headerless_train_and_matthews_metric(source: str) -> None:
+    folder = ROOTS[source] / "glue" / "CoLA"
+    first, last_dev_uid, n_train = COLA_EXPECTED[source]
     data = load("cola", folder)
     assert data.label_names == ["unacceptable", "acceptable"]
-    assert data.train[0].texts == ("Our friends won't buy this analysis, let alone the next one we propose.",)
-    assert data.dev["dev"][-1].uid == 1042
+    assert data.train[0].texts == (first,)
+    assert data.dev["dev"][-1].uid == last_dev_uid
     assert get_task_spec("cola").main_metric == "mcc"
     rows = read_tsv(folder / "train.tsv", header=False, fieldnames=("a", "b", "c", "d"))
-    assert len(rows) == 8551 and rows[0].line == 1
+    assert len(rows) == n_train and rows[0].line == 1
 
 
-def test_mrpc_quality_column_and_stsb_scores() -> None:
-    mrpc = load("mrpc", shared("glue", "MRPC"))
-    assert mrpc.train[0].label == 1 and mrpc.train[0].texts[0].startswith("Amrozi accused")
+MRPC_FIRST = {"fixtures": "The company said profits rose 12 percent", "official": "Amrozi accused"}
+
+
+@pytest.mark.parametrize("source", sources())
+def test_mrpc_quality_column_and_stsb_scores(source: str) -> None:
+    mrpc = load("mrpc", ROOTS[source] / "glue" / "MRPC")
+    assert mrpc.train[0].label == 1 and mrpc.train[0].texts[0].startswith(MRPC_FIRST[source])
     assert get_task_spec("mrpc").metrics == ("accuracy", "f1")
-    stsb = load("stsb", shared("glue", "STS-B"))
+    stsb = load("stsb", ROOTS[source] / "glue" / "STS-B")
     assert stsb.kind == "regression" and stsb.label_names == [] and stsb.num_labels == 1
     assert stsb.train[0].label == 5.0 and stsb.train[1].label == pytest.approx(3.8)
     assert get_task_spec("stsb").metrics == ("pearson", "spearman")
@@ -175,7 +219,8 @@ def _mnli_folder(root: Path) -> Path:
     head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t" \
            "sentence2_parse\tsentence1\tsentence2"
     def row(i: int, label: str = "") -> str:
-        return f"{i}\t1\t1a\tfiction\t(x)\t(y)\t(X)\t(Y)\tA \"quoted premise {i}.\tHypothesis {i}." + (f"\t{label}" if label else "")
+        cells = f"{i}\t1\t1a\tfiction\t(x)\t(y)\t(X)\t(Y)\tA \"quoted premise {i}.\tHypothesis {i}."
+        return cells + (f"\t{label}" if label else "")
     (folder / "train.tsv").write_text(f"{head}\tlabel1\tgold_label\n" + "\n".join(
         row(i, f"{lab}\t{lab}") for i, lab in enumerate(["entailment", "neutral", "contradiction"])) + "\n")
     for dev in ("dev_matched", "dev_mismatched"):
@@ -211,7 +256,8 @@ def test_label_outside_label_set(tmp_path: Path) -> None:
     rows = [{"premise": "p", "hypothesis": "h", "label": lab, "idx": i} for i, lab in enumerate(["neutral", "maybe"])]
     (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (folder / "val.jsonl").write_text(json.dumps(rows[0]) + "\n")
-    with pytest.raises(DataError, match=r"label 'maybe' is not one of \{entailment, contradiction, neutral\}.*train.jsonl line 2"):
+    wrong = r"label 'maybe' is not one of \{entailment, contradiction, neutral\}.*train.jsonl line 2"
+    with pytest.raises(DataError, match=wrong):
         load("cb", tmp_path)
 
 
@@ -296,7 +342,8 @@ def test_sentiment_bad_target_and_missing_files(tmp_path: Path) -> None:
 def test_sentiment_pip_failure_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sentiment, "PACKAGE", "vaderSentiment==0.0.0.dev999")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
-    with pytest.raises(DataError, match=r"fetching .* with pip failed .*task.data_dir=<folder holding the \*_GroundTruth.txt files>"):
+    fix = r"task.data_dir=<folder holding the \*_GroundTruth.txt files>"
+    with pytest.raises(DataError, match=rf"fetching .* with pip failed .*{fix}"):
         sentiment.fetch_corpora(str(tmp_path))
 
 

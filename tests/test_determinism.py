@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import shared_data_or_skip
 from tests.helpers import run_cfg
 from tests.test_resume import TINY, comparable
 
@@ -17,8 +16,7 @@ def deterministic_flags_restored():
     torch.backends.cudnn.benchmark = False
 
 
-def test_seeded_runs_are_identical_and_cached_phases_change_nothing(tmp_path, deterministic_flags_restored):
-    superglue = shared_data_or_skip("superglue")
+def test_seeded_runs_are_identical_and_cached_phases_change_nothing(tmp_path, deterministic_flags_restored, superglue):
     args = [*TINY, f"data_dir={superglue}", "method=mpdistil", "method.curriculum_tasks=[]",
             "method.episode_length=3", "trainer.deterministic=true"]
     run_cfg(tmp_path / "a", *args)
@@ -37,10 +35,9 @@ def test_seeded_runs_are_identical_and_cached_phases_change_nothing(tmp_path, de
     assert comparable(tmp_path / "d")["phases"] != comparable(tmp_path / "a")["phases"]  # the check can fail
 
 
-def test_caching_frozen_teacher_outputs_is_invisible_in_results(tmp_path, deterministic_flags_restored):
-    """Caching the frozen teacher's outputs must not change a number: the same seeded run with the frozen teacher's outputs
+def test_caching_frozen_teacher_outputs_is_invisible_in_results(tmp_path, deterministic_flags_restored, superglue):
+    """Caching the frozen teacher's outputs must not change a number: the same seeded run with those outputs
     cached once per run and recomputed at every use gives identical metrics, histories and weights."""
-    superglue = shared_data_or_skip("superglue")
     args = [*TINY, f"data_dir={superglue}", "method=mpdistil", "method.curriculum_tasks=[rte]",
             "method.episode_length=3", "trainer.deterministic=true", "trainer.reuse_cache=false"]
     run_cfg(tmp_path / "on", *args, "trainer.cache_teacher_outputs=true")

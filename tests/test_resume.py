@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from mpdistil.config import ConfigError
 from mpdistil.checkpoints import KILL_ENV, KILL_SIGNAL_ENV, CheckpointError
-from tests.conftest import shared_data_or_skip
+from mpdistil.config import ConfigError
 from tests.helpers import FAST, REPO, run_cfg
 
 # Two epochs per phase so each has a checkpoint inside it; one thread so runs on a shared machine stay fast.
@@ -29,11 +28,6 @@ KILLS = [("teacher:1:mid", "after epoch 1 of teacher"),
          ("undistilled:0", "after epoch 1 of undistilled"),
          ("distill:1:mid", "after epoch 1 of distill+meta_teacher"),
          ("curriculum:1:mid", "after epoch 1 of curriculum")]
-
-
-@pytest.fixture(scope="module")
-def superglue() -> Path:
-    return shared_data_or_skip("superglue")
 
 
 def launch(run_dir: Path, cache: Path, *args: str, kill_at: str = "") -> subprocess.Popen:
@@ -121,7 +115,8 @@ def test_resume_true_without_a_checkpoint_says_which_folder_to_pass(tmp_path, su
 def test_submitit_requeues_a_preempted_job_which_resumes(tmp_path, superglue):
     """The launcher's checkpoint() resubmits the same job (same output dir); it finds the checkpoint and resumes.
     submitit's local executor handles the pre-emption signal and the requeue as SLURM's does (bar scontrol)."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (requirements.txt; an ImportError says what is missing)
+
     args = [*TINY, "method=undistilled", "method.student_epochs=3", f"data_dir={superglue}",
             f"cache_dir={tmp_path / 'cache'}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", KILL_ENV: "undistilled:0", KILL_SIGNAL_ENV: "SIGUSR2"}

@@ -1,4 +1,4 @@
-"""End-to-end runs through the real config tree on tiny models and real benchmark files."""
+"""End-to-end runs through the real config tree on tiny models and the benchmark-layout fixture files."""
 from __future__ import annotations
 
 import json
@@ -11,13 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from mpdistil.data.encode import encode_examples, iterate
 from mpdistil.training import NonFiniteLossError
-from tests.conftest import shared_data_or_skip
+from tests.conftest import FIXTURES
 from tests.helpers import main_py, run_cfg
-
-
-@pytest.fixture(scope="module")
-def superglue():
-    return shared_data_or_skip("superglue")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def test_kd_run_writes_results_splits_and_a_loadable_student(kd_run):
     from mpdistil.data.registry import load_task, task_config_for
     from mpdistil.data.splits import subsample
 
-    cfg = task_config_for("cb", data_dir=str(shared_data_or_skip("superglue")))
+    cfg = task_config_for("cb", data_dir=str(FIXTURES / "superglue"))
     dev = subsample(load_task(cfg).dev["dev"], 24, 42)
     split = encode_examples(tok, dev, "cb", "dev", "classification", 128)
     preds = torch.zeros(len(split), dtype=torch.long)
@@ -81,7 +76,7 @@ def test_teacher_is_cached_and_reused(kd_run, tmp_path, superglue):
     assert second["agents"]["teacher"]["dev"] == first["agents"]["teacher"]["dev"]
 
 
-def test_mpdistil_run_over_two_real_tasks_has_every_key(tmp_path, superglue):
+def test_mpdistil_run_over_two_other_tasks_has_every_key(tmp_path, superglue):
     results = run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "model=tiny", "method=mpdistil",
                       "method.curriculum_tasks=[rte,copa]", "method.episode_length=3")
     assert set(results["agents"]) == {"teacher", "meta_teacher", "undistilled", "student", "mpdistil"}
@@ -161,10 +156,7 @@ def test_real_minilm_smoke(tmp_path, superglue):
 
 
 def test_out_of_domain_tasks_report_the_gap(tmp_path):
-    root = shared_data_or_skip()
-    if not (root / "glue" / "RTE").is_dir():
-        pytest.skip(f"GLUE RTE not found under {root}")
-    results = run_cfg(tmp_path, "task=rte", f"data_dir={root}", "model=tiny", "method=kd",
+    results = run_cfg(tmp_path, "task=rte", f"data_dir={FIXTURES}", "model=tiny", "method=kd",
                       "eval.ood_tasks=[glue_rte]")
     ood = results["ood"]["glue_rte"]
     assert set(ood) == {"teacher", "undistilled", "student"}
@@ -182,8 +174,8 @@ def test_out_of_domain_task_with_other_labels_is_refused(tmp_path, superglue):
 
 
 def test_default_partners_without_files_are_left_out_but_a_chosen_task_must_exist(tmp_path, superglue):
-    """The shared SuperGLUE folder has no BoolQ: the default actions of RTE go on without it, recorded;
-    a curriculum list the user wrote that names BoolQ stops with the data error before training."""
+    """The fixture SuperGLUE folder, like the shared one, has no BoolQ: the default actions of RTE go on without it,
+    recorded; a curriculum list the user wrote that names BoolQ stops with the data error before training."""
     from mpdistil.data.types import DataError
 
     common = ("task=rte", f"data_dir={superglue}", "model=tiny", "method=mpdistil", "method.episode_length=2",
