@@ -121,7 +121,8 @@ def test_identical_models_have_similarity_one() -> None:
     student = copy.deepcopy(teacher)
     ids, mask, tt = _batch(seed=4)
     for method in ("ig", "gxi"):
-        out = mean_attribution_similarity(teacher, student, ids, mask, tt, method=method, steps=8, top_k=3, batch_size=3)
+        out = mean_attribution_similarity(teacher, student, ids, mask, tt, method=method, steps=8, top_k=3,
+                                          batch_size=3)
         assert out["attr_spearman"] == pytest.approx(1.0)
         assert out["attr_topk_overlap"] == pytest.approx(1.0)
         assert out["attr_n"] == 4 and out["attr_n_spearman"] == 4

@@ -42,8 +42,10 @@ def test_superglue_jsonl(tmp_path: Path) -> None:
 
     assert read(write_test_predictions(get_task_spec("boolq"), "test", [0, 1], [1, 0], tmp_path)) == [
         {"idx": 0, "label": "true"}, {"idx": 1, "label": "false"}]
-    assert read(write_test_predictions(get_task_spec("wic"), "test", [3], [0], tmp_path)) == [{"idx": 3, "label": "false"}]
-    assert read(write_test_predictions(get_task_spec("wsc"), "test", [0], [1], tmp_path)) == [{"idx": 0, "label": "True"}]
+    wic = write_test_predictions(get_task_spec("wic"), "test", [3], [0], tmp_path)
+    assert read(wic) == [{"idx": 3, "label": "false"}]
+    wsc = write_test_predictions(get_task_spec("wsc"), "test", [0], [1], tmp_path)
+    assert read(wsc) == [{"idx": 0, "label": "True"}]
     assert read(write_test_predictions(get_task_spec("cb"), "test", [0, 1], [2, "contradiction"], tmp_path)) == [
         {"idx": 0, "label": "neutral"}, {"idx": 1, "label": "contradiction"}]
     assert read(write_test_predictions(get_task_spec("rte"), "test", [5], [1], tmp_path)) == [
