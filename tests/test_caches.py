@@ -102,3 +102,59 @@ def test_changed_data_file_rebuilds_the_teacher_and_refuses_the_checkpoint(tmp_p
     assert set((tmp_path / "cache" / "tokenized").glob("*.pt")) > tokenised
     with pytest.raises(CheckpointError, match="the data changed since checkpoint"):
         run_cfg(tmp_path / "first", *args)
+
+
+class Payload:
+    """What an attacker with write access to a shared cache could plant: unpickling it touches ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant(path, marker, meta=None):
+    """Replace a cache file by a pickle with a payload, and re-sign its checksum so only the loader can stop it."""
+    import torch
+
+    from mpdistil.identity import file_checksum
+
+    torch.save({"state": Payload(str(marker))}, path)
+    if meta is not None:
+        data = json.loads(meta.read_text())
+        key = "sha256" if "sha256" in data else "checksum"
+        data[key] = file_checksum(path)
+        meta.write_text(json.dumps(data))
+
+
+def test_a_planted_pickle_in_a_shared_cache_never_runs(tmp_path, superglue):
+    """Caches and checkpoints are read with weights_only=True: a file that needs more than tensors and containers
+    is refused (caches are rebuilt, a checkpoint is refused with one line) and its payload never runs."""
+    import torch
+
+    marker = tmp_path / "payload_ran"
+    probe = tmp_path / "probe.pt"
+    _plant(probe, marker)
+    torch.load(probe, weights_only=False)  # the payload is live: a plain unpickling runs it
+    assert marker.exists()
+    marker.unlink()
+
+    cache = tmp_path / "cache"
+    args = [*TEACHER_ONLY, f"data_dir={superglue}", f"cache_dir={cache}"]
+    first = run_cfg(tmp_path / "first", *args, "trainer.keep_checkpoint=true")
+    entry = next((cache / "teachers").glob("*/state.pt"))
+    _plant(entry, marker, entry.parent / "meta.json")
+    for split in (cache / "tokenized").glob("*.pt"):
+        _plant(split, marker)
+    ckpt = tmp_path / "first" / "checkpoint"
+    _plant(ckpt / json.loads((ckpt / "meta.json").read_text())["file"], marker, ckpt / "meta.json")
+
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        run_cfg(tmp_path / "first", *args)
+    again = run_cfg(tmp_path / "again", *args)
+    assert not marker.exists()
+    assert again["phases"]["teacher"]["cached"] is False  # refused, rebuilt
+    assert again["agents"]["teacher"] == first["agents"]["teacher"]
+    assert run_cfg(tmp_path / "third", *args)["phases"]["teacher"]["cached"] is True  # the rebuilt entry is sound
+    assert not marker.exists()
