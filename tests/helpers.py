@@ -13,9 +13,7 @@ from mpdistil.config import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-FAST = ["logger=none", "trainer.progress=false", "method.teacher_epochs=1", "method.student_epochs=1",
-        "method.episodes=2", "task.max_train_examples=40", "task.max_eval_examples=24", "eval.attribution_examples=4",
-        "trainer.checkpoint_min_interval_s=0"]
+FAST = ["debug=fast"]  # conf/debug/fast.yaml: a tiny model, one epoch per agent, two short curriculum episodes
 
 
 def make_cfg(*overrides: str) -> DictConfig:
