@@ -138,6 +138,33 @@ class RunContext:
         return _Timer(self, name)
 
 
+def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path) -> RunContext:
+    """Teacher and student on the run's device, the runtime every phase trains through, and the logger."""
+    from omegaconf import OmegaConf
+
+    from mpdistil.atomic import write_json
+    from mpdistil.loggers import build_logger
+    from mpdistil.models.agent import build_agents
+    from mpdistil.training import resolve_device
+
+    info, t = data.task, cfg.trainer
+    teacher, student, sources = build_agents(cfg.model, info.name, info.kind, info.num_outputs, info.label_names,
+                                             cfg.seed)
+    rt = Runtime(resolve_device(t.device), t.precision, t.grad_clip, t.weight_decay, t.eval_batch_size, data.pad_id,
+                 t.progress, bucket=t.length_bucket, max_padding=t.eval_max_padding)
+    teacher.to(rt.device)
+    student.to(rt.device)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    write_json(out_dir / "config.json", resolved)
+    logger = build_logger(cfg.logger, resolved, out_dir, f"{info.name}-{cfg.method.name}-s{cfg.seed}")
+    ctx = RunContext(cfg=cfg, rt=rt, out_dir=out_dir, cache_dir=cache_dir, logger=logger, task=info,
+                     splits=data.splits, dev_names=data.dev_names, teacher=teacher, student=student,
+                     initial_student_state={k: v.detach().clone() for k, v in student.state_dict().items()},
+                     aux=data.aux, sources=sources)
+    ctx.data_hash = data.training_hash(ctx.selection_split)
+    return ctx
+
+
 @torch.inference_mode()
 def teacher_outputs(teacher: Agent, split: EncodedSplit, rt: Runtime, layers: list[int]) -> dict[str, torch.Tensor]:
     """Logits, pooled vectors and the [CLS] of the requested layers, in split order, on the CPU."""

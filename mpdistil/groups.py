@@ -7,6 +7,7 @@ from) and stored there when trained, so ablations over later phases reuse earlie
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Optional
 
 from mpdistil.caches import CacheEntry
@@ -109,11 +110,14 @@ def train(ctx: RunContext, phases: list[Phase], index: int, entry: Optional[Cach
         entry.save(state, {phase.name: ctx.records[phase.name] for phase in phases})
 
 
-def resume(ctx: RunContext, groups: list[list[str]], saved: dict[str, Any]) -> Position:
+def resume(ctx: RunContext, groups: list[list[str]], saved: dict[str, Any], folder: Path) -> Position:
     """Recreate the agents of the groups run before the checkpoint (heads, clones, T', policy), then load it."""
     position = Position(**saved["position"])
     for group in groups[:position.group + (1 if position.epoch else 0)]:
         for name in group:
             PHASES[name]().prepare(ctx)
     restore(ctx, saved)
+    where = (f"after epoch {position.epoch} of {'+'.join(groups[position.group])}" if position.epoch
+             else f"after {position.group} of {len(groups)} phase groups")
+    print(f"[mpdistil] resuming from {folder} ({where})", flush=True)
     return position

@@ -4,14 +4,17 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from mpdistil.atomic import write_json
 from mpdistil.context import RunContext
 from mpdistil.data.leaderboard import write_test_predictions
 from mpdistil.data.registry import get_task_spec
+from mpdistil.models.agent import count_parameters
 from mpdistil.models.loading import load_tokenizer, resolve_model_source
 from mpdistil.phases import PHASES, Phase
 from mpdistil.training import predict, predictions_from_logits
@@ -43,6 +46,44 @@ def final_score(results: dict[str, Any]) -> float:
     row = results.get("final_row") or next(reversed(agents))
     split = "quiz" if results["selection_split"] == "quiz" else next(s for s in agents[row] if s.startswith("dev"))
     return float(agents[row][split][results["task"]["main_metric"]])
+
+
+def finish(ctx: RunContext, data: Any, timings: dict[str, float], start: float) -> dict[str, Any]:
+    """After the last group: the final agents out of domain, the student exported, results.json written."""
+    from mpdistil.evaluation import evaluate_ood
+
+    final = final_rows(ctx)
+    ood = evaluate_ood(ctx, {row: phase.row_agent(ctx) for row, phase in final.items()}, data.ood, ctx.rows) \
+        if data.ood else {}
+    final_row = final_student(ctx)
+    outputs = export(ctx, final[final_row].row_agent(ctx) if final_row in final else ctx.student)
+    timings["total"] = time.perf_counter() - start
+    results = collect(ctx, data.info, timings, ood, final_row, outputs)
+    write_json(ctx.out_dir / "results.json", results)
+    ctx.logger.summary({f"final/{row}/{s}/{k}": v for row, per in ctx.rows.items() for s, m in per.items()
+                        for k, v in m.items()})
+    ctx.logger.finish()
+    return results
+
+
+def collect(ctx: RunContext, data_info: dict[str, Any], timings: dict[str, float], ood: dict[str, Any],
+            final_row: Optional[str], outputs: dict[str, Any]) -> dict[str, Any]:
+    """Everything results.json holds."""
+    cfg, info, teacher, student = ctx.cfg, ctx.task, ctx.teacher, ctx.student
+    return {
+        "task": {"name": info.name, "kind": info.kind, "label_names": info.label_names, "metrics": info.metrics,
+                 "main_metric": info.main_metric, **data_info},
+        "method": {"name": cfg.method.name, "phases": list(cfg.method.phases)},
+        "selection_split": cfg.trainer.selection_split, "seed": cfg.seed,
+        "model": {**ctx.sources, "teacher_layers": teacher.num_layers, "student_layers": student.num_layers,
+                  "teacher_params": count_parameters(teacher.hf), "student_params": count_parameters(student.hf)},
+        "agents": ctx.rows, "final_row": final_row,
+        "row_titles": {row: PHASES[name].row.title for row, name in ctx.row_phase.items()},
+        "fidelity": ctx.records.pop("fidelity", {}), "ood": ood,
+        "phases": ctx.records, "time": timings, **({"flops": ctx.flops} if cfg.trainer.count_flops else {}),
+        "memory": peak_memory(), "machine": machine_info(),
+        "device": str(ctx.rt.device), "precision": ctx.rt.precision, "outputs": outputs,
+    }
 
 
 def peak_memory() -> dict[str, float]:

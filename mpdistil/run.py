@@ -12,25 +12,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from mpdistil.atomic import write_json
 from mpdistil.checkpoints import Checkpoint, Position, kill_point, verify_checkpoint
 from mpdistil.config import cache_root, validate
-from mpdistil.context import RunContext
+from mpdistil.context import build_context
 from mpdistil.data.prepare import prepare_data
 from mpdistil.data.registry import get_task_spec
-from mpdistil.evaluation import evaluate_ood, evaluate_row
+from mpdistil.evaluation import evaluate_row
 from mpdistil.groups import phase_groups, resume, run_group
 from mpdistil.identity import identity, run_fields
-from mpdistil.loggers import build_logger
-from mpdistil.models.agent import build_agents, count_parameters
-from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
+from mpdistil.models.loading import resolve_model_source
 from mpdistil.phases import PHASES
-from mpdistil.results import export, final_rows, final_student, format_table, machine_info, peak_memory
+from mpdistil.results import finish, format_table
 from mpdistil.seeding import seed_everything
-from mpdistil.training import Runtime, resolve_device
+from mpdistil.training import resolve_device
 
 
 def preflight(cfg: Any) -> None:
@@ -63,44 +60,21 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    tokenizer = load_tokenizer(resolve_model_source(cfg.model.tokenizer or cfg.model.teacher)[0])
-    if cfg.model.student:
-        check_same_tokenizer(tokenizer, load_tokenizer(resolve_model_source(cfg.model.student)[0]),
-                             (cfg.model.teacher, cfg.model.student))
     aux_tasks = list(dict.fromkeys(t for g in groups for name in g for t in PHASES[name].aux_tasks(cfg)))
-    data = prepare_data(cfg, out_dir, cache_dir, tokenizer, aux_tasks)
-    info = data.task
+    data = prepare_data(cfg, out_dir, cache_dir, aux_tasks)
     timings["data"] = time.perf_counter() - t
     ckpt = Checkpoint(out_dir / "checkpoint", identity("run", run_fields(cfg), data.fingerprint()),
                       cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_min_interval_s)
     saved = ckpt.load(resumable) if resumable else None
 
     t = time.perf_counter()
-    teacher, student, sources = build_agents(cfg.model, info.name, info.kind, info.num_outputs, info.label_names,
-                                             cfg.seed)
-    rt = Runtime(resolve_device(cfg.trainer.device), cfg.trainer.precision, cfg.trainer.grad_clip,
-                 cfg.trainer.weight_decay, cfg.trainer.eval_batch_size, tokenizer.pad_token_id or 0,
-                 cfg.trainer.progress, bucket=cfg.trainer.length_bucket, max_padding=cfg.trainer.eval_max_padding)
-    teacher.to(rt.device)
-    student.to(rt.device)
+    ctx = build_context(cfg, data, out_dir, cache_dir)
     timings["models"] = time.perf_counter() - t
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    write_json(out_dir / "config.json", resolved)
-    logger = build_logger(cfg.logger, resolved, out_dir, f"{info.name}-{cfg.method.name}-s{cfg.seed}")
-    ctx = RunContext(cfg=cfg, rt=rt, out_dir=out_dir, cache_dir=cache_dir, logger=logger, task=info,
-                     splits=data.splits, dev_names=data.dev_names, teacher=teacher, student=student,
-                     initial_student_state={k: v.detach().clone() for k, v in student.state_dict().items()},
-                     aux=data.aux, sources=sources)
-    ctx.data_hash = data.training_hash(ctx.selection_split)
     eval_splits = [s for s in [*data.dev_names, "quiz", *[n for n in data.splits if n.startswith("test")]]
                    if s in data.splits and data.splits[s].labels is not None]
     position = Position(0, 0)
     if saved is not None:
-        position = resume(ctx, groups, saved)
-        where = (f"after epoch {position.epoch} of {'+'.join(groups[position.group])}" if position.epoch
-                 else f"after {position.group} of {len(groups)} phase groups")
-        print(f"[mpdistil] resuming from {ckpt.folder} ({where})", flush=True)
+        position = resume(ctx, groups, saved, ckpt.folder)
     # Matmul FLOPs per phase when asked (trainer.count_flops): counted by torch's dispatcher, results unchanged.
     counting = FlopCounterMode(display=False) if cfg.trainer.count_flops else contextlib.nullcontext()
     try:
@@ -121,32 +95,9 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
         timings.update(ctx.timings)
         timings["total"] = time.perf_counter() - start
 
-    final = final_rows(ctx)
-    ood = evaluate_ood(ctx, {row: phase.row_agent(ctx) for row, phase in final.items()}, data.ood, ctx.rows) \
-        if data.ood else {}
-    final_row = final_student(ctx)
-    outputs = export(ctx, final[final_row].row_agent(ctx) if final_row in final else ctx.student)
-    timings["total"] = time.perf_counter() - start
-    results = {
-        "task": {"name": info.name, "kind": info.kind, "label_names": info.label_names, "metrics": info.metrics,
-                 "main_metric": info.main_metric, **data.info},
-        "method": {"name": cfg.method.name, "phases": list(cfg.method.phases)},
-        "selection_split": cfg.trainer.selection_split, "seed": cfg.seed,
-        "model": {**sources, "teacher_layers": teacher.num_layers, "student_layers": student.num_layers,
-                  "teacher_params": count_parameters(teacher.hf), "student_params": count_parameters(student.hf)},
-        "agents": ctx.rows, "final_row": final_row,
-        "row_titles": {row: PHASES[name].row.title for row, name in ctx.row_phase.items()},
-        "fidelity": ctx.records.pop("fidelity", {}), "ood": ood,
-        "phases": ctx.records, "time": timings, **({"flops": ctx.flops} if cfg.trainer.count_flops else {}),
-        "memory": peak_memory(), "machine": machine_info(),
-        "device": str(rt.device), "precision": rt.precision, "outputs": outputs,
-    }
-    write_json(out_dir / "results.json", results)
+    results = finish(ctx, data, timings, start)
     if not cfg.trainer.keep_checkpoint:
         ckpt.clear()
-    logger.summary({f"final/{row}/{s}/{k}": v for row, per in ctx.rows.items() for s, m in per.items()
-                    for k, v in m.items()})
-    logger.finish()
     print("\n" + format_table(results, [s for s in eval_splits if s != "quiz"][:2] or eval_splits[:1]), flush=True)
     print(f"\n[mpdistil] results: {out_dir / 'results.json'}", flush=True)
     return results

@@ -16,6 +16,7 @@ from mpdistil.data.registry import get_task_spec, load_task, task_config_for
 from mpdistil.data.splits import quiz_split, save_split_indices, subsample, subsample_indices
 from mpdistil.data.types import MissingTaskFiles, TaskData
 from mpdistil.identity import fingerprint
+from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
 
 
 @dataclass
@@ -26,6 +27,7 @@ class RunData:
     aux: dict[str, AuxTask] = field(default_factory=dict)
     ood: dict[str, EncodedSplit] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # source, sizes, partners left out (for results.json)
+    pad_id: int = 0
 
     def fingerprint(self) -> str:
         """Content of every tokenised split the run reads: a changed data file changes it."""
@@ -38,8 +40,19 @@ class RunData:
         return fingerprint({name: split_fingerprint(self.splits[name]) for name in ("train", "quiz", selection)})
 
 
-def prepare_data(cfg: Any, out_dir: Path, cache_dir: Path, tokenizer: Any, aux_tasks: list[str]) -> RunData:
+def run_tokenizer(cfg: Any) -> Any:
+    """The tokenizer every model of the run shares (the teacher's unless model.tokenizer names one)."""
+    tokenizer = load_tokenizer(resolve_model_source(cfg.model.tokenizer or cfg.model.teacher)[0])
+    if cfg.model.student:
+        check_same_tokenizer(tokenizer, load_tokenizer(resolve_model_source(cfg.model.student)[0]),
+                             (cfg.model.teacher, cfg.model.student))
+    return tokenizer
+
+
+def prepare_data(cfg: Any, out_dir: Path, cache_dir: Path, aux_tasks: list[str]) -> RunData:
+    """The main task (split and tokenised), the curriculum's ``aux_tasks`` and the out-of-domain tasks."""
     data_dir = cfg.data_dir
+    tokenizer = run_tokenizer(cfg)
     info, splits, dev_names, data_info = prepare_main_task(cfg, data_dir, cache_dir, out_dir, tokenizer)
     skipped: dict[str, str] = {}
     aux = prepare_aux_tasks(cfg, aux_tasks, data_dir, cache_dir, tokenizer,
@@ -47,7 +60,7 @@ def prepare_data(cfg: Any, out_dir: Path, cache_dir: Path, tokenizer: Any, aux_t
     if skipped:
         data_info["curriculum_tasks_left_out"] = skipped
     ood = prepare_ood(cfg, data_dir, cache_dir, tokenizer, info) if cfg.eval.ood_tasks else {}
-    return RunData(info, splits, dev_names, aux, ood, data_info)
+    return RunData(info, splits, dev_names, aux, ood, data_info, tokenizer.pad_token_id or 0)
 
 
 def task_info(data: TaskData, task_cfg: Any) -> TaskInfo:

@@ -17,8 +17,16 @@ from tqdm.auto import tqdm
 from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss, layer_map
-from mpdistil.phases import (STUDENT_FIELDS, Row, TrainingPhase, accumulate, check_distillation, check_student,
-                             register_phase)
+from mpdistil.phases import (
+    STUDENT_FIELDS,
+    Row,
+    TrainingPhase,
+    accumulate,
+    check_distillation,
+    check_student,
+    register_phase,
+)
+
 
 @register_phase("distill")
 class DistillPhase(TrainingPhase):
