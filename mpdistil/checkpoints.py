@@ -87,6 +87,7 @@ class Checkpoint:
             "meta_teacher_trained": bool(mt is not None and mt.trained),
             "phases": {phase.name: phase.state_dict() for phase in phases},
             "records": ctx.records, "rows": ctx.rows, "row_phase": ctx.row_phase, "lineage": ctx.lineage,
+            "predictions": ctx.predictions,
             "timings": ctx.timings, "flops": ctx.flops,
             "scaler": ctx.rt.scaler.state_dict() if ctx.rt.scaler is not None else None,
             "rng": rng_state(),
@@ -161,6 +162,7 @@ def restore(ctx: Any, saved: dict[str, Any]) -> None:
     ctx.records.update(saved["records"])
     ctx.rows.update(saved["rows"])
     ctx.row_phase.update(saved["row_phase"])
+    ctx.predictions.update(saved["predictions"])
     ctx.lineage.update(saved["lineage"])
     ctx.timings.update(saved["timings"])
     ctx.flops.update(saved.get("flops", {}))

@@ -58,6 +58,7 @@ class RunContext:
     records: dict[str, Any] = field(default_factory=dict)  # per phase, for results.json
     rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # evaluated table rows, in order
     row_phase: dict[str, str] = field(default_factory=dict)  # row -> the phase that produced it
+    predictions: dict[str, dict[str, list]] = field(default_factory=dict)  # row -> dev split -> per-example
     lineage: dict[str, str] = field(default_factory=dict)  # agent -> identity of the group that last trained it
     data_hash: str = ""  # content of the splits agents are trained and selected on
     timings: dict[str, float] = field(default_factory=dict)

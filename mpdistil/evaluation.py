@@ -21,6 +21,12 @@ from mpdistil.phases import Phase
 from mpdistil.training import predict, predictions_from_logits
 
 
+def example_predictions(logits: torch.Tensor, kind: str) -> list:
+    """Predicted class per example (a rounded score for regression): what a paired comparison resamples."""
+    preds = predictions_from_logits(logits, kind)
+    return [round(float(v), 5) for v in preds] if kind == "regression" else [int(v) for v in preds]
+
+
 def compare(reference: torch.Tensor, other: torch.Tensor, labels: Optional[torch.Tensor], kind: str) -> dict:
     """Fidelity of ``other`` (a student) to ``reference`` (teacher or meta-teacher) from their logits."""
     y = None if labels is None else labels.numpy()
@@ -109,6 +115,7 @@ def evaluate_row(ctx: Any, phase: Phase, splits: list[str]) -> dict[str, Any]:
     kind, row = ctx.task.kind, phase.row.name
     logits = {s: phase.row_logits(ctx, s) for s in splits}
     metrics = {s: ctx.metrics_from_logits(logits[s], s) for s in splits}
+    ctx.predictions[row] = {s: example_predictions(logits[s], kind) for s in splits if s in ctx.dev_names}
     if not phase.row.student or "teacher" not in ctx.lineage:
         return metrics  # fidelity to an untrained teacher would mean nothing
     agent = phase.row_agent(ctx)

@@ -60,10 +60,24 @@ def finish(ctx: RunContext, data: Any, timings: dict[str, float], start: float) 
     timings["total"] = time.perf_counter() - start
     results = collect(ctx, data.info, timings, ood, final_row, outputs)
     write_json(ctx.out_dir / "results.json", results)
+    write_json(ctx.out_dir / "predictions.json", predictions(ctx), indent=None)
     ctx.logger.summary({f"final/{row}/{s}/{k}": v for row, per in ctx.rows.items() for s, m in per.items()
                         for k, v in m.items()})
     ctx.logger.finish()
     return results
+
+
+def predictions(ctx: RunContext) -> dict[str, Any]:
+    """Every row's prediction for every dev example, with the gold labels and the training labels' counts (for a
+    majority-class baseline): enough to recompute any paired comparison between rows, runs or seeds."""
+    train = ctx.splits["train"].labels
+    counts = {} if train is None or ctx.task.kind == "regression" else \
+        {str(k): int(v) for k, v in zip(*[t.tolist() for t in train.unique(return_counts=True)])}
+    splits = {s: {"uids": [str(ex.uid) for ex in ctx.splits[s].examples],
+                  "labels": ctx.splits[s].labels.tolist()} for s in ctx.dev_names if s in ctx.splits}
+    return {"task": ctx.task.name, "kind": ctx.task.kind, "label_names": ctx.task.label_names,
+            "main_metric": ctx.task.main_metric, "train_label_counts": counts, "splits": splits,
+            "rows": ctx.predictions}
 
 
 def collect(ctx: RunContext, data_info: dict[str, Any], timings: dict[str, float], ood: dict[str, Any],
