@@ -129,7 +129,11 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     cache_teacher_outputs: bool = True  # frozen-teacher outputs computed once per run, not every epoch
     reuse_cache: bool = True  # reuse fine-tuned teachers / distilled students cached by earlier runs
-    selection_split: str = "dev"  # dev | quiz
+    # which split every "keep the best epoch/episode" choice reads: heldout (a slice of the official train file
+    # that nothing trains on), dev (the paper's and authors' protocol: selects on what is reported), quiz (what
+    # phases 3-4 train on), or last (no selection: the last epoch/episode)
+    selection_split: str = "heldout"
+    heldout_fraction: float = 0.1  # share of the official train file kept out for selection
     save_student: bool = True
     save_teacher: bool = False  # also write the fine-tuned teacher as an HF folder (for mpdistil.compare)
     # resumable checkpoint in <run dir>/checkpoint/ every N epochs/episodes and after each phase group (0: never);
@@ -229,7 +233,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "method.policy_state": ("pooler", "quiz_stats"),
         "trainer.device": ("auto", "cpu", "cuda"),
         "trainer.precision": ("fp32", "bf16", "fp16"),
-        "trainer.selection_split": ("dev", "quiz"),
+        "trainer.selection_split": ("heldout", "dev", "quiz", "last"),
         "logger.name": ("none", "wandb"),
         "logger.mode": ("offline", "online", "disabled"),
         "task.target": ("sign", "rating"),
@@ -265,6 +269,10 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"trainer.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
     if not 0.0 < cfg.task.quiz_fraction < 1.0:
         raise ConfigError(f"task.quiz_fraction={cfg.task.quiz_fraction} must lie in (0, 1); the paper uses 0.1")
+    if t.selection_split == "heldout" and not (0.0 < t.heldout_fraction and
+                                               t.heldout_fraction + cfg.task.quiz_fraction < 1.0):
+        raise ConfigError(f"trainer.heldout_fraction={t.heldout_fraction} must be > 0 and leave room for train′ "
+                          f"beside task.quiz_fraction={cfg.task.quiz_fraction}; e.g. trainer.heldout_fraction=0.1")
     if cfg.task.max_length <= 8:
         raise ConfigError(f"task.max_length={cfg.task.max_length} is too small; use e.g. 128")
     if cfg.model.student_layers is not None and cfg.model.student_layers <= 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from mpdistil.losses import layer_map
 from mpdistil.metrics.task_metrics import compute_metrics
 from mpdistil.models.agent import Agent
 from mpdistil.models.meta_teacher import MetaTeacher
-from mpdistil.training import Runtime, predict, predictions_from_logits
+from mpdistil.training import BestKeeper, Runtime, predict, predictions_from_logits
 
 
 @dataclass
@@ -68,8 +68,22 @@ class RunContext:
     sources: dict[str, str] = field(default_factory=dict)
 
     @property
-    def selection_split(self) -> str:
-        return "quiz" if self.cfg.trainer.selection_split == "quiz" else self.dev_names[0]
+    def selection_split(self) -> Optional[str]:
+        """The split every "keep the best" choice reads (None: ``trainer.selection_split=last``, no choice)."""
+        protocol = self.cfg.trainer.selection_split
+        return {"dev": self.dev_names[0], "last": None}.get(protocol, protocol)
+
+    def select(self, keeper: BestKeeper, module: nn.Module, epoch: int,
+               metrics: Callable[[str], dict[str, float]]) -> dict[str, float]:
+        """Offer ``module`` after ``epoch`` to ``keeper``, scored by ``metrics(selection split)``; without a
+        selection split the latest epoch is kept and nothing is evaluated."""
+        split = self.selection_split
+        if split is None:
+            keeper.offer(module, float(epoch), epoch, {})
+            return {}
+        scores = metrics(split)
+        keeper.offer(module, self.score(scores), epoch, scores)
+        return scores
 
     def agent(self, name: str) -> nn.Module:
         return self.all_agents()[name]

@@ -25,7 +25,7 @@ COMMON_FIELDS = ("seed", "trainer.precision", "trainer.batch_size", "trainer.len
                  "trainer.weight_decay", "trainer.selection_split", "model.random_init", "model.config_overrides",
                  "model.attn_implementation")
 # Fields that act only through the data they select or encode: their effect is in the data's content hash.
-DATA_FIELDS = ("task", "model.tokenizer")
+DATA_FIELDS = ("task", "model.tokenizer", "trainer.heldout_fraction")
 # Which phases run, grouped how: their names and the group's position are the kind of a group's identity.
 STRUCTURE_FIELDS = ("method.phases",)
 # How agents are measured after training: part of a run's identity (its checkpoint), never of a cached agent's.

@@ -44,7 +44,8 @@ def final_score(results: dict[str, Any]) -> float:
     """The final student's main metric on the selection split: what a hyperparameter sweeper maximises."""
     agents = results["agents"]
     row = results.get("final_row") or next(reversed(agents))
-    split = "quiz" if results["selection_split"] == "quiz" else next(s for s in agents[row] if s.startswith("dev"))
+    protocol = results["selection_split"]
+    split = protocol if protocol in ("quiz", "heldout") else next(s for s in agents[row] if s.startswith("dev"))
     return float(agents[row][split][results["task"]["main_metric"]])
 
 
@@ -89,6 +90,10 @@ def collect(ctx: RunContext, data_info: dict[str, Any], timings: dict[str, float
                  "main_metric": info.main_metric, **data_info},
         "method": {"name": cfg.method.name, "phases": list(cfg.method.phases)},
         "selection_split": cfg.trainer.selection_split, "seed": cfg.seed,
+        "protocol": {"selection": cfg.trainer.selection_split, "selected_on": ctx.selection_split,
+                     "reported": ctx.dev_names,
+                     "note": "every kept epoch/episode was chosen on selected_on (none: the last one); dev is "
+                             "reported" + (" and was also chosen on" if ctx.selection_split in ctx.dev_names else "")},
         "model": {**ctx.sources, "teacher_layers": teacher.num_layers, "student_layers": student.num_layers,
                   "teacher_params": count_parameters(teacher.hf), "student_params": count_parameters(student.hf)},
         "agents": ctx.rows, "final_row": final_row,

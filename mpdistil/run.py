@@ -70,7 +70,7 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     t = time.perf_counter()
     ctx = build_context(cfg, data, out_dir, cache_dir)
     timings["models"] = time.perf_counter() - t
-    eval_splits = [s for s in [*data.dev_names, "quiz", *[n for n in data.splits if n.startswith("test")]]
+    eval_splits = [s for s in [*data.dev_names, "quiz", "heldout", *[n for n in data.splits if n.startswith("test")]]
                    if s in data.splits and data.splits[s].labels is not None]
     position = Position(0, 0)
     if saved is not None:
@@ -98,6 +98,7 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     results = finish(ctx, data, timings, start)
     if not cfg.trainer.keep_checkpoint:
         ckpt.clear()
-    print("\n" + format_table(results, [s for s in eval_splits if s != "quiz"][:2] or eval_splits[:1]), flush=True)
+    shown = [s for s in eval_splits if s not in ("quiz", "heldout")][:2] or eval_splits[:1]
+    print("\n" + format_table(results, shown), flush=True)
     print(f"\n[mpdistil] results: {out_dir / 'results.json'}", flush=True)
     return results

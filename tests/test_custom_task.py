@@ -137,7 +137,7 @@ def test_custom_task_runs_end_to_end_on_the_fixture_files(tmp_path: Path) -> Non
     results = run_cfg(tmp_path, "task=custom", f"data_dir={CUSTOM}", *files, "model=tiny", "method=kd")
     task = results["task"]
     assert task["label_names"] == ["food", "travel", "weather"]
-    assert task["sizes"] == {"train": 27, "quiz": 3, "dev": 9, "test": 3}
+    assert task["sizes"] == {"train": 24, "quiz": 3, "heldout": 3, "dev": 9, "test": 3}  # held-out selection
     assert set(results["agents"]) == {"teacher", "undistilled", "student"}
     assert all(set(row["dev"]) == {"accuracy", "macro_f1"} for row in results["agents"].values())
     splits = json.loads((tmp_path / "splits.json").read_text())

@@ -36,7 +36,8 @@ def test_kd_run_writes_results_splits_and_a_loadable_student(kd_run):
     assert 0.0 <= fid["agreement"] <= 1.0 and fid["n"] == 24
     assert fid["flip_both"] + fid["flip_neither"] + fid["flip_student_only"] + fid["flip_teacher_only"] == 24
     splits = json.loads((out / "splits.json").read_text())
-    assert len(splits["train"]) + len(splits["quiz"]) == 40 and not set(splits["train"]) & set(splits["quiz"])
+    parts = [set(splits[k]) for k in ("train", "quiz", "heldout")]  # held-out selection is the default
+    assert sum(map(len, parts)) == 40 and len(set().union(*parts)) == 40
     assert (out / "config.json").is_file()
     assert any(p.endswith("CB.jsonl") for p in on_disk["outputs"]["test_predictions"])
 
@@ -84,7 +85,7 @@ def test_mpdistil_run_over_two_other_tasks_has_every_key(tmp_path, superglue):
     assert cur["tasks"] == ["cb", "rte", "copa"] and len(cur["episode_rewards"]) == 2
     assert all(len(t) == 3 and set(t) <= {"cb", "rte", "copa"} for t in cur["trajectories"])
     assert sum(cur["action_distribution"].values()) == pytest.approx(1.0)
-    assert results["selection_split"] == "dev"
+    assert results["selection_split"] == "heldout" and results["protocol"]["selected_on"] == "heldout"
     assert {"student_vs_teacher", "mpdistil_vs_teacher", "mpdistil_vs_meta_teacher"} <= set(results["fidelity"])
     assert results["phases"]["meta_teacher"]["meta_loss"] == "col"
 

@@ -13,7 +13,14 @@ from mpdistil.config import ConfigError
 from mpdistil.context import AuxTask, TaskInfo
 from mpdistil.data.encode import EncodedSplit, encode_examples, split_fingerprint
 from mpdistil.data.registry import get_task_spec, load_task, task_config_for
-from mpdistil.data.splits import quiz_split, save_split_indices, subsample, subsample_indices
+from mpdistil.data.splits import (
+    SplitTooSmall,
+    quiz_split,
+    save_split_indices,
+    subsample,
+    subsample_indices,
+    three_way_split,
+)
 from mpdistil.data.types import MissingTaskFiles, TaskData
 from mpdistil.identity import fingerprint
 from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
@@ -35,9 +42,10 @@ class RunData:
                  **{f"ood/{k}": v for k, v in self.ood.items()}}
         return fingerprint({name: split_fingerprint(split) for name, split in sorted(every.items())})
 
-    def training_hash(self, selection: str) -> str:
+    def training_hash(self, selection: Optional[str]) -> str:
         """Content of the splits that agents are trained and selected on (part of every cached agent's identity)."""
-        return fingerprint({name: split_fingerprint(self.splits[name]) for name in ("train", "quiz", selection)})
+        names = ["train", "quiz"] + ([selection] if selection else [])
+        return fingerprint({name: split_fingerprint(self.splits[name]) for name in names})
 
 
 def run_tokenizer(cfg: Any) -> Any:
@@ -74,7 +82,8 @@ def _labels(examples: list) -> Optional[np.ndarray]:
 
 def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_dir: Path, tokenizer: Any
                       ) -> tuple[TaskInfo, dict[str, EncodedSplit], list[str], dict[str, Any]]:
-    """Load the task, subsample if asked, split train 9:1 into train'/quiz, tokenise every split."""
+    """Load the task, subsample if asked, split the official train file into train′ and quiz (9:1), or into
+    train′, quiz and a held-out selection slice (``trainer.selection_split=heldout``), tokenise every split."""
     data = load_task(cfg.task, data_dir, cache_dir)
     info = task_info(data, cfg.task)
     train_idx_all = np.arange(len(data.train))
@@ -83,16 +92,25 @@ def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_di
                                           info.kind != "regression")
     stratify = info.kind != "regression"
     labels = _labels([data.train[i] for i in train_idx_all])
-    tr, qz = quiz_split(labels, cfg.task.quiz_fraction, cfg.seed, stratify)
-    train_idx, quiz_idx = train_idx_all[np.asarray(tr, dtype=int)], train_idx_all[np.asarray(qz, dtype=int)]
+    if cfg.trainer.selection_split == "heldout":
+        try:
+            parts = three_way_split(labels, cfg.task.quiz_fraction, cfg.trainer.heldout_fraction, cfg.seed, stratify)
+        except SplitTooSmall as exc:
+            raise ConfigError(f"task {info.name}: {exc}; lower trainer.heldout_fraction or task.quiz_fraction, "
+                              "or select on trainer.selection_split=quiz") from None
+    else:
+        tr, qz = quiz_split(labels, cfg.task.quiz_fraction, cfg.seed, stratify)
+        parts = {"train": tr, "quiz": qz}
+    index = {name: train_idx_all[np.asarray(pos, dtype=int)] for name, pos in parts.items()}
     save_split_indices(out_dir / "splits.json", {
         "task": info.name, "seed": cfg.seed, "quiz_fraction": cfg.task.quiz_fraction,
-        "note": "indices into the official train file, in file order",
-        "train": train_idx.tolist(), "quiz": quiz_idx.tolist(), "label_names": info.label_names})
+        "heldout_fraction": cfg.trainer.heldout_fraction if "heldout" in index else None,
+        "selection_split": cfg.trainer.selection_split,
+        "note": "row indices into the official train file, in file order",
+        **{name: idx.tolist() for name, idx in index.items()}, "label_names": info.label_names})
     enc = lambda exs, name: encode_examples(tokenizer, exs, info.name, name, info.kind,  # noqa: E731
                                             cfg.task.max_length, cache_dir)
-    splits = {"train": enc([data.train[i] for i in train_idx], "train"),
-              "quiz": enc([data.train[i] for i in quiz_idx], "quiz")}
+    splits = {name: enc([data.train[i] for i in idx], name) for name, idx in index.items()}
     dev_names = list(data.dev)
     for name, exs in list(data.dev.items()) + list(data.test.items()):
         if cfg.task.max_eval_examples and name in data.dev:

@@ -82,6 +82,41 @@ def quiz_split(
     return np.flatnonzero(mask).astype(np.int64), quiz_idx.astype(np.int64)
 
 
+class SplitTooSmall(ValueError):
+    """The training examples cannot fill train′, quiz and held-out slices as asked."""
+
+
+def three_way_split(labels: Sequence[Any], quiz_fraction: float, heldout_fraction: float, seed: int,
+                    stratify: bool = True) -> dict[str, np.ndarray]:
+    """Positions of train′, quiz and held-out: ``heldout_fraction`` and ``quiz_fraction`` of all n examples.
+
+    The held-out slice is carved first (stratified, by its own stream of the seed), then the rest is split
+    into train′ and quiz as :func:`quiz_split` does, so quiz keeps about ``quiz_fraction · n`` examples.
+    Classification needs every class in every slice: a class with fewer than three examples, or an empty
+    slice, raises :class:`SplitTooSmall` with the sizes it would get.
+    """
+    if not 0.0 < heldout_fraction < 1.0 or quiz_fraction + heldout_fraction >= 1.0:
+        raise ValueError(f"held-out fraction {heldout_fraction} with quiz fraction {quiz_fraction} leaves no train′")
+    n = len(labels)
+    heldout_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+    rest, heldout = quiz_split(labels, heldout_fraction, heldout_seed, stratify) if n >= 2 else \
+        (np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    rest_labels = [labels[i] for i in rest]
+    tr, qz = quiz_split(rest_labels, min(quiz_fraction / (1.0 - heldout_fraction), 0.99), seed, stratify) \
+        if len(rest) >= 2 else (np.arange(len(rest), dtype=np.int64), np.zeros(0, dtype=np.int64))
+    out = {"train": rest[tr], "quiz": rest[qz], "heldout": heldout}
+    sizes = ", ".join(f"{name} {len(idx)}" for name, idx in (("train′", out["train"]), ("quiz", out["quiz"]),
+                                                           ("held-out", heldout)))
+    if any(len(idx) == 0 for idx in out.values()):
+        raise SplitTooSmall(f"{n} training examples would give {sizes}")
+    if stratify:
+        small = {str(k): c for k, c in zip(*np.unique(np.asarray(labels), return_counts=True)) if c < 3}
+        if small:
+            listed = ", ".join(f"class {k} has {c}" for k, c in small.items())
+            raise SplitTooSmall(f"{n} training examples would give {sizes}, but {listed} (each slice needs one)")
+    return out
+
+
 def subsample_indices(labels: Sequence[Any], n: int, seed: int, stratify: Optional[bool] = None) -> np.ndarray:
     """Sorted positions of ``n`` items drawn without replacement (stratified for class labels)."""
     size = len(labels)

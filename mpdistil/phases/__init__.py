@@ -139,11 +139,10 @@ class TrainingPhase(Phase):
         self.history: list[dict[str, float]] = []
 
     def end_epoch(self, ctx: RunContext, module: nn.Module, epoch: int, sums: dict[str, float], steps: int,
-                  metrics: Optional[dict[str, float]] = None, **extra: float) -> dict[str, float]:
-        """Score ``module`` on the selection split (or take ``metrics``), keep it if best, log the epoch's means."""
-        if metrics is None:
-            metrics = ctx.evaluate(module, ctx.selection_split)
-        self.best.offer(module, ctx.score(metrics), epoch, metrics)
+                  metrics: Optional[Callable[[str], dict[str, float]]] = None, **extra: float) -> dict[str, float]:
+        """Score ``module`` on the selection split (by ``metrics(split)``, default: its task metrics), keep it if
+        best, log the epoch's means."""
+        metrics = ctx.select(self.best, module, epoch, metrics or (lambda split: ctx.evaluate(module, split)))
         row = {**{k: v / max(steps, 1) for k, v in sums.items()}, **{f"sel_{k}": v for k, v in metrics.items()},
                **extra}
         self.history.append(row)

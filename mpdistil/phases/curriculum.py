@@ -153,8 +153,9 @@ class CurriculumPhase(Phase):
         metrics, improved = {}, False
         if (episode + 1) % m.select_every == 0 or episode == self.epochs(ctx) - 1:
             with ctx.timed("curriculum_selection"):  # part of the curriculum's time, reported apart
-                metrics = ctx.evaluate(student, ctx.selection_split)
-            improved = self.best.offer(student, ctx.score(metrics), episode, metrics)
+                before = self.best.epoch
+                metrics = ctx.select(self.best, student, episode, lambda split: ctx.evaluate(student, split))
+            improved = self.best.epoch != before
         row = {"reward": float(sum(rewards)), "policy_loss": float(policy_loss.detach()),
                **{f"sel_{k}": v for k, v in metrics.items()}}
         self.episodes.append({"episode": episode, "reward": row["reward"], "trajectory": actions,

@@ -112,8 +112,8 @@ class MetaTeacherPhase(TrainingPhase):
                 sums["pilot_quiz_loss"] = sums.get("pilot_quiz_loss", 0.0) + stats["outer_loss"]
             apply_gradient(params, grads, self.opt, rt.grad_clip, "meta-teacher")
         self.mt.trained = True
-        metrics = ctx.metrics_from_logits(ctx.meta_teacher_logits(ctx.selection_split), ctx.selection_split)
-        return self.end_epoch(ctx, self.mt, epoch, sums, len(quiz_batches), metrics)
+        return self.end_epoch(ctx, self.mt, epoch, sums, len(quiz_batches),
+                              lambda split: ctx.metrics_from_logits(ctx.meta_teacher_logits(split), split))
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(self.mt)

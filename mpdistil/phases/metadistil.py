@@ -89,9 +89,9 @@ class MetaDistilPhase(TrainingPhase):
             rt.step(loss, self.opt_student, "student (MetaDistil)")
             accumulate(sums, {"loss": float(loss.detach()), "quiz_loss": stats["outer_loss"], **parts})
             n += 1
-        metrics = ctx.evaluate(student, ctx.selection_split)
-        teacher_metrics = ctx.evaluate(self.teacher, ctx.selection_split)
-        return self.end_epoch(ctx, student, epoch, sums, n, metrics,
+        split = ctx.selection_split
+        teacher_metrics = ctx.evaluate(self.teacher, split) if split else {}
+        return self.end_epoch(ctx, student, epoch, sums, n,
                               **{f"teacher_sel_{k}": v for k, v in teacher_metrics.items()})
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
