@@ -28,6 +28,15 @@ from mpdistil.phases import (
 )
 
 
+def fresh_student(ctx: RunContext, name: str) -> nn.Module:
+    """A baseline's own copy of the initial student (created once; a cache or checkpoint then loads into it)."""
+    if name not in ctx.agents:
+        clone = copy.deepcopy(ctx.student)
+        clone.load_state_dict(ctx.initial_student_state)
+        ctx.agents[name] = clone
+    return ctx.agents[name]
+
+
 @register_phase("distill")
 class DistillPhase(TrainingPhase):
     row = Row("student", "student, distilled", student=True)
@@ -117,8 +126,21 @@ class UndistilledPhase(DistillPhase):
         check_student(cfg)
 
     def row_agent(self, ctx: RunContext) -> nn.Module:
-        if "undistilled" not in ctx.agents:
-            clone = copy.deepcopy(ctx.student)
-            clone.load_state_dict(ctx.initial_student_state)
-            ctx.agents["undistilled"] = clone
-        return ctx.agents["undistilled"]
+        return fresh_student(ctx, "undistilled")
+
+
+@register_phase("kd")
+class KDBaselinePhase(DistillPhase):
+    """The KD row inside a longer method: a fresh copy of the initial student distilled from the frozen teacher
+    alone (never from T′), with the same settings and batch order as ``distill``, so that the method's own
+    students can be compared with plain KD/PKD trained in the same run."""
+
+    row = Row("kd", "student, KD baseline", student=True)
+    trains = ("kd",)
+    reads = ("teacher",)
+
+    def row_agent(self, ctx: RunContext) -> nn.Module:
+        return fresh_student(ctx, "kd")
+
+    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
+        return self.cache_out["logits"][idx].to(ctx.rt.device) if self.alpha > 0 else None
