@@ -236,7 +236,8 @@ class CurriculumPhase(Phase):
         drawn_from = "the policy at each episode's first step" if m.policy == "learned" \
             else f"the control's distribution (method.policy={m.policy})"
         plot = policy_plot(ctx.out_dir / f"policy_{self.row.name}.png", self.tasks, self.episodes,
-                           f"curriculum ({self.row.name}): task probabilities from {drawn_from}")
+                           f"curriculum ({self.row.name}): task probabilities from {drawn_from}") \
+            if self.episodes else None  # method.curriculum=false: no episode to draw
         if plot:
             ctx.logger.image("curriculum/policy", plot)
         ctx.logger.table("curriculum/trajectories", ["episode", "step", "task", "reward"],
