@@ -103,6 +103,11 @@ class MethodConfig:
     policy_lr: float = 1e-3
     policy_state: str = "pooler"  # pooler | quiz_stats
     curriculum_lr: float = 3e-5
+    # controls: which task each step trains on; anything but learned leaves the policy untrained
+    policy: str = "learned"  # learned | uniform | main_only | fixed
+    policy_task: Optional[str] = None  # the task of every step with policy=fixed (an action of the run)
+    curriculum_loss: str = "mpdistil"  # mpdistil (CE − p_S + p_T') | ce
+    curriculum_mt_grad: bool = True  # the p_T'(y|h_S) term's gradient reaches the student (authors' code: false)
     # the selection split is scored after every Nth episode and the last; the best scored one is kept.
     # The authors score every episode, which costs more than the episode itself on a large dev set
     select_every: int = 1
@@ -231,6 +236,8 @@ def choices() -> dict[str, tuple[str, ...]]:
         "method.meta_backend": ("higher", "func"),
         "method.reward": ("binary", "real"),
         "method.policy_state": ("pooler", "quiz_stats"),
+        "method.policy": ("learned", "uniform", "main_only", "fixed"),
+        "method.curriculum_loss": ("mpdistil", "ce"),
         "trainer.device": ("auto", "cpu", "cuda"),
         "trainer.precision": ("fp32", "bf16", "fp16"),
         "trainer.selection_split": ("heldout", "dev", "quiz", "last"),

@@ -122,11 +122,20 @@ META_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"col": collaborative_loss
 
 
 def curriculum_student_loss(student_logits: torch.Tensor, labels: torch.Tensor, kind: str,
-                            meta_on_student: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Phase 4: CE(z_S, y) − mean p_S(y|x) + mean p_T'(y|h_S); the T' term only where T' knows the task."""
+                            meta_on_student: Optional[torch.Tensor] = None, form: str = "mpdistil",
+                            meta_grad: bool = True) -> torch.Tensor:
+    """Phase 4: CE(z_S, y) − mean p_S(y|x) + mean p_T'(y|h_S); the T' term only where T' knows the task.
+
+    ``form="ce"`` is plain CE, the control that keeps the curriculum's steps but not its loss.
+    ``meta_grad=False`` makes the T' term a constant, as the authors' code computes it: it shifts the
+    loss value but adds nothing to the gradient.
+    """
+    if form == "ce":
+        return hard_loss(student_logits, labels, kind)
     loss = hard_loss(student_logits, labels, kind) - label_score(student_logits, labels, kind).mean()
     if meta_on_student is not None:
-        loss = loss + label_score(meta_on_student, labels, kind).mean()
+        meta = meta_on_student if meta_grad else meta_on_student.detach()
+        loss = loss + label_score(meta, labels, kind).mean()
     return loss
 
 
@@ -151,3 +160,12 @@ def reinforce_loss(log_probs: torch.Tensor, rewards: Sequence[float], gamma: flo
     returns = discounted_returns(rewards, gamma).to(log_probs.device)
     advantages = returns - returns.mean()
     return -(advantages * log_probs).mean()
+
+
+def episode_policy_loss(log_probs: torch.Tensor, rewards: Sequence[float], gamma: float,
+                        credit_next: bool = False) -> torch.Tensor:
+    """REINFORCE over one curriculum episode. ``credit_next`` is the authors' pairing: the reward measured
+    after step t is credited to the action of step t+1 (log π of steps 1..T−1 with rewards 0..T−2)."""
+    if credit_next and len(rewards) > 1:
+        return reinforce_loss(log_probs[1:], rewards[:-1], gamma)
+    return reinforce_loss(log_probs, rewards, gamma)

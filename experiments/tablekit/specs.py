@@ -47,14 +47,20 @@ class Ablation:
 
 
 AUTHORS_CODE = ("method.soft_loss=mse", "method.layer_map=first", "method.authors_episode_update=true",
-                "method.authors_no_dropout=true", "method.curriculum_tasks=[]")
+                "method.curriculum_mt_grad=false", "method.authors_no_dropout=true", "method.curriculum_tasks=[]")
 
 ABLATIONS: dict[str, Ablation] = {
-    "full": Ablation((), "full method: col + binary, curriculum on"),
+    "full": Ablation((), "full method: col + binary, curriculum on, tasks chosen by the learned policy"),
     "meta_com": Ablation(("method.meta_loss=com",), "competitive meta-teacher loss"),
     "meta_none": Ablation(("method.meta_loss=none",), "no meta-teacher learning (phase 3 off)"),
     "reward_real": Ablation(("method.reward=real",), "real-valued reward"),
     "policy_quiz_stats": Ablation(("method.policy_state=quiz_stats",), "policy state: per-task quiz statistics"),
+    # controls of the curriculum: the same steps, batches and selection; only the task choice or the loss differs
+    "uniform": Ablation(("method.policy=uniform",), "control: each step's task drawn uniformly, policy untrained"),
+    "main_only": Ablation(("method.policy=main_only",), "control: every step on the main task, policy untrained"),
+    "ce_only": Ablation(("method.curriculum_loss=ce",), "control: the curriculum's steps on plain CE (no p_S, no T')"),
+    "no_mt_grad": Ablation(("method.curriculum_mt_grad=false",),
+                           "authors' code: the curriculum's T' term without gradient"),
     "meta_mlp": Ablation(("method.meta_teacher=mlp",), "meta-teacher: MLP instead of the teacher's head"),
     "meta_pilot": Ablation(("method.meta_objective=pilot",), "meta-teacher trained by the pilot update"),
     "meta_mixed": Ablation(("method.meta_objective=mixed",), "meta-teacher: (1-λ)·L_col + λ·L_quiz, λ = 0.5"),
