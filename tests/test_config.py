@@ -18,7 +18,9 @@ def test_every_preset_composes(group):
 def test_default_is_the_offline_suite():
     cfg = make_cfg()
     assert cfg.task.name == "sentiment_movies" and cfg.model.teacher.startswith("package:")
-    assert cfg.method.name == "kd" and cfg.logger.mode == "offline"
+    assert cfg.method.name == "mpdistil_kd" and cfg.logger.mode == "offline"
+    assert list(cfg.method.phases) == ["teacher", "undistilled", "kd", "distill+meta_teacher", "curriculum"]
+    assert cfg.method.curriculum and cfg.trainer.selection_split == "heldout"
 
 
 def test_misspelt_key_fails_at_composition():
