@@ -757,6 +757,25 @@ def test_a_run_wins_over_the_predictions_file(pred_runs: Path, tmp_path: Path) -
     assert kd["per_seed"] == "46.6667 1.6667 1.6667"  # seed 1 from the rerun, seeds 2 and 3 from the file
 
 
+def test_star_needs_predictions_on_every_seed_of_the_cell(pred_runs: Path, tmp_path: Path) -> None:
+    """A seed without predictions leaves the interval silent about it: ^ (by mean), not *."""
+    write_run(pred_runs / "old/cb/seed4/col_binary", task="cb", method="mpdistil", seed=4,
+              agents={"teacher": acc(0.5), "undistilled": acc(0.6), "student": acc(0.5), "meta_teacher": acc(0.5),
+                      "mpdistil": acc(0.8)})
+    write_run(pred_runs / "old/cb/seed4/pkd", task="cb", method="pkd", seed=4,
+              agents={"teacher": acc(0.5), "undistilled": acc(0.6), "student": acc(0.5)})
+    out = tables_py("render", "table1a", str(pred_runs), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    md = out.stdout
+    cb = md_row(md, "row").index("CB")
+    assert md_row(md, "MPDistil col + binary")[cb].startswith("82.5 ± 1.7^ [n=4]")
+    assert comparison_cells(md)["MPDistil col + binary vs teacher"].endswith("3/3 beats teacher")  # seeds 1-3
+    assert "2 run(s) without per-example predictions" in md and "old/cb/seed4/pkd" in md
+    with open(tmp_path / "out" / "table1a_long.csv") as f:
+        long = {(r["row"], r["task"]): r for r in csv.DictReader(f)}
+    assert long[("mpdistil_col_binary", "cb")]["vs_teacher"] == "predictions for some seeds only"
+
+
 def write_regression_run(folder: Path, seed: int, gold: list[float], preds: dict[str, list[float]]) -> None:
     agents = {a: {"dev": {m: compute_metrics([m], np.array(p), np.array(gold))[m] for m in ("pearson", "spearman")}}
               for a, p in preds.items()}
