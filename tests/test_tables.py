@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib.util
 import json
 import os
@@ -13,12 +14,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from scipy.stats import binom
 
 from mpdistil.config import register_configs, validate
+from mpdistil.metrics.task_metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -37,6 +41,8 @@ def load_tables() -> ModuleType:
 
 tables = load_tables()
 import paper_tables  # noqa: E402  (put on the path by tables.py)
+from tablekit.bootstrap import SeedSample, confusion_metric, paired_bootstrap, score_metric  # noqa: E402
+from tablekit.predictions import decode_uids, encode_uids, majority_class  # noqa: E402
 
 
 def make_cfg(*overrides: str) -> Any:
@@ -285,14 +291,34 @@ def test_paper_tables_spot_values() -> None:
 
 def write_run(folder: Path, *, task: str, method: str, seed: int, agents: dict[str, dict[str, dict[str, float]]],
               meta_loss: str = "col", reward: str = "binary", experiment_name: str | None = "table1a",
-              curriculum: bool = True, main_metric: str = "accuracy") -> None:
+              curriculum: bool = True, main_metric: str = "accuracy", policy: str | None = None) -> None:
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({
         "task": {"name": task, "kind": "classification", "metrics": ["accuracy"], "main_metric": main_metric},
         "method": {"name": method, "phases": []}, "selection_split": "dev", "seed": seed, "agents": agents}))
+    method_cfg = {"name": method, "meta_loss": meta_loss, "reward": reward, "curriculum": curriculum,
+                  **({"policy": policy} if policy else {})}
     (folder / "config.json").write_text(json.dumps({
-        "seed": seed, "experiment_name": experiment_name, "task": {"name": task},
-        "method": {"name": method, "meta_loss": meta_loss, "reward": reward, "curriculum": curriculum}}))
+        "seed": seed, "experiment_name": experiment_name, "task": {"name": task}, "method": method_cfg}))
+
+
+def right_on(labels: list[int], correct: int, offset: int = 0) -> list[int]:
+    """Predictions right on exactly ``correct`` examples: those at positions offset, offset+1, ... (cyclic)."""
+    n = len(labels)
+    good = {(offset + i) % n for i in range(correct)}
+    return [y if i in good else 1 - y for i, y in enumerate(labels)]
+
+
+def write_pred_run(folder: Path, *, labels: list[int], preds: dict[str, list[int]], counts: dict[str, int],
+                   uids: list[Any] | None = None, **kw: Any) -> None:
+    """A run whose results.json accuracies come from its predictions.json, as a real run's do."""
+    agents = {a: acc(sum(p == y for p, y in zip(ps, labels)) / len(labels)) for a, ps in preds.items()}
+    write_run(folder, agents=agents, **kw)
+    (folder / "predictions.json").write_text(json.dumps({
+        "task": kw["task"], "kind": "classification", "label_names": ["no", "yes"], "main_metric": "accuracy",
+        "train_label_counts": counts,
+        "splits": {"dev": {"uids": [str(u) for u in (uids or range(len(labels)))], "labels": labels}},
+        "rows": {a: {"dev": ps} for a, ps in preds.items()}}))
 
 
 def acc(v: float) -> dict[str, dict[str, float]]:
@@ -337,13 +363,13 @@ def test_render_table_markdown(table_runs: Path, tmp_path: Path) -> None:
     cb = header.index("CB")
     # teacher: 80, 82, 84 -> 82.0 ± 2.0 over 3 seeds; paper 83.9
     assert md_row(md, "teacher")[cb] == "82.0 ± 2.0 [n=3] (83.9; Δ -1.9)"
-    # KD student (pkd run) beats our teacher: marked
-    assert md_row(md, "student, KD")[cb] == "85.0 ± 2.0* [n=3] (80.4; Δ +4.6)"
+    # KD student (pkd run) above our teacher by mean; no predictions to test it: ^, not *
+    assert md_row(md, "student, KD")[cb] == "85.0 ± 2.0^ [n=3] (80.4; Δ +4.6)"
     # undistilled from the pkd run, not from the mpdistil runs' 50.0
     assert md_row(md, "student, undistilled")[cb] == "71.0 ± 1.0 [n=3] (75.0; Δ -4.0)"
     # meta-teacher rows: not students, never marked
     assert md_row(md, "meta-teacher, col")[cb] == "90.0 ± 0.0 [n=3] (83.9; Δ +6.1)"
-    assert md_row(md, "MPDistil col + binary")[cb] == "88.0 ± 2.0* [n=3] (83.9; Δ +4.1)"
+    assert md_row(md, "MPDistil col + binary")[cb] == "88.0 ± 2.0^ [n=3] (83.9; Δ +4.1)"
     # a missing seed shows in n; one seed short of the others
     assert md_row(md, "MPDistil col + real")[cb] == "66.0 ± 1.4 [n=2] (82.1; Δ -16.1)"
     # never run: missing, with the paper value beside it
@@ -358,12 +384,21 @@ def test_render_table_markdown(table_runs: Path, tmp_path: Path) -> None:
 
     with open(tmp_path / "out" / "table1a.csv") as f:
         grid = list(csv.reader(f))
-    assert grid[0] == header and grid[3][cb] == "85.0 ± 2.0* [n=3] (80.4; Δ +4.6)"
+    assert grid[0] == header and grid[3][cb] == "85.0 ± 2.0^ [n=3] (80.4; Δ +4.6)"
+    assert grid[-1] == ["majority class (train)"] + ["—"] * 6  # no predictions: no baseline
+    assert "## Paired comparisons\n\nNone: no per-example predictions among the inputs" in md
+    assert "run(s) without per-example predictions (no predictions.json" in md
     with open(tmp_path / "out" / "table1a_long.csv") as f:
         long = {(r["row"], r["task"]): r for r in csv.DictReader(f)}
     kd = long[("kd", "cb")]
-    assert (kd["ours_mean"], kd["ours_std"], kd["n"], kd["seeds"], kd["paper"], kd["delta"], kd["beats_teacher"]) == (
-        "85.0000", "2.0000", "3", "1 2 3", "80.4000", "4.6000", "1")
+    assert (kd["ours_mean"], kd["ours_std"], kd["n"], kd["seeds"], kd["paper"], kd["delta"], kd["beats_teacher"],
+            kd["vs_teacher"], kd["at_or_below_majority"]) == (
+        "85.0000", "2.0000", "3", "1 2 3", "80.4000", "4.6000", "1", "no per-example predictions", "")
+    with open(tmp_path / "out" / "table1a_comparisons.csv") as f:
+        comparisons = list(csv.DictReader(f))
+    kd_vs_teacher = next(r for r in comparisons if r["comparison"] == "student, KD vs teacher")
+    assert (kd_vs_teacher["cell_seeds"], kd_vs_teacher["diff"], kd_vs_teacher["verdict"]) == (
+        "1 2 3", "", "no per-example predictions")
     assert long[("mpdistil_com_real", "cb")]["n"] == "0" and long[("mpdistil_com_real", "cb")]["ours_mean"] == ""
 
 
@@ -381,7 +416,7 @@ def test_beats_teacher_mark_pairs_seeds(tmp_path: Path) -> None:
     md = (runs / "table1a.md").read_text()
     cb = md_row(md, "row").index("CB")
     assert md_row(md, "teacher")[cb].startswith("70.0 ± 28.3 [n=2]")
-    assert md_row(md, "MPDistil col + binary")[cb].startswith("60.0* [n=1]")  # 60 > 50 on seed 1, though < 70
+    assert md_row(md, "MPDistil col + binary")[cb].startswith("60.0^ [n=1]")  # 60 > 50 on seed 1, though < 70
     assert md_row(md, "student, KD")[cb].startswith("40.0 ± 0.0 [n=2]")
 
 
@@ -400,10 +435,11 @@ def test_render_pairs_and_single_seed(tmp_path: Path) -> None:
     md = (runs / "table4.md").read_text()
     header = md_row(md, "row")
     assert header[1:4] == ["MNLI (m/mm)", "MRPC (acc/F1)", "QNLI"] and "STS-B (P/S)" in header
-    assert md_row(md, "student, KD")[1] == "79.0 / 82.0* [n=1] (80.3/80.8; Δ -1.3/+1.2)"
+    assert md_row(md, "student, KD")[1] == "79.0 / 82.0^ [n=1] (80.3/80.8; Δ -1.3/+1.2)"
     stsb = header.index("STS-B (P/S)")
     assert md_row(md, "student, undistilled")[stsb] == "85.0 / — [n=1] (88.8/88.5; Δ -3.8/—)"
     assert md_row(md, "MPDistil col + binary")[stsb] == "— (89.1/88.9)"
+    assert md_row(md, "majority class (train)")[stsb] == "n/a" and "`n/a` for regression (STS-B)" in md
 
 
 def md_grid(md: str) -> list[str]:
@@ -443,7 +479,7 @@ def test_seeds_csv_rerenders_the_table_and_takes_new_seeds(table_runs: Path, tmp
     assert md_row(md, "teacher")[cb].startswith("83.0 ± 2.6 [n=4]")  # 80, 82, 84 from the CSV + 86
     assert md_row(md, "student, KD")[cb].startswith("80.8 ± 7.6 [n=4]")  # 81 (the rerun), 85, 87, 70
     assert "seed 1: run kd/cb/seed1/pkd gives 81.0000, a seeds CSV 83.0000" in md
-    assert md_row(md, "MPDistil col + binary")[cb].startswith("88.0 ± 2.0* [n=3]")  # untouched, still marked
+    assert md_row(md, "MPDistil col + binary")[cb].startswith("88.0 ± 2.0^ [n=3]")  # untouched, still marked
 
 
 CPU_RESULTS = REPO / "experiments" / "results" / "cpu_repro"
@@ -455,7 +491,7 @@ def test_committed_cpu_tables_rerender_from_their_csvs(table: str, tmp_path: Pat
     out = tables_py("render", table, str(CPU_RESULTS / f"{table}_seeds.csv"), str(CPU_RESULTS / f"{table}_long.csv"),
                     "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    for suffix in (".csv", "_long.csv", "_seeds.csv"):
+    for suffix in (".csv", "_long.csv", "_seeds.csv", "_comparisons.csv", "_predictions.json"):
         assert (tmp_path / f"{table}{suffix}").read_bytes() == (CPU_RESULTS / f"{table}{suffix}").read_bytes(), suffix
     assert md_grid((tmp_path / f"{table}.md").read_text()) == md_grid((CPU_RESULTS / f"{table}.md").read_text())
 
@@ -477,8 +513,8 @@ def test_long_csv_keeps_only_columns_nothing_else_fills(table_runs: Path, tmp_pa
     both = tables_py("render", "table1a", str(long_csv), str(copa), "--out", str(tmp_path / "both"))
     md = both.stdout
     header = md_row(md, "row")
-    assert md_row(md, "student, KD")[header.index("COPA")].startswith("62.0* [n=1]")
-    assert md_row(md, "student, KD")[header.index("CB")] == "85.0 ± 2.0* [n=3] (80.4; Δ +4.6)"
+    assert md_row(md, "student, KD")[header.index("COPA")].startswith("62.0^ [n=1]")
+    assert md_row(md, "student, KD")[header.index("CB")] == "85.0 ± 2.0^ [n=3] (80.4; Δ +4.6)"
 
     cb = tmp_path / "cb"
     write_run(cb / "kd/cb/seed9/pkd", task="cb", method="pkd", seed=9,
@@ -498,7 +534,8 @@ def test_render_refuses_another_tables_csv_before_writing(table_runs: Path, tmp_
     assert out.stderr.strip().splitlines()[-1].startswith("error:") and "holds table 'table1a'" in out.stderr
     assert not (first / "table4.md").exists() and (first / "table1a.md").read_text() == before
     bad = tables_py("render", "table1a", str(first / "table1a.md"), "--out", str(first))
-    assert bad.returncode != 0 and "is not a runs folder or a table1a_seeds/_long.csv" in bad.stderr
+    assert bad.returncode != 0
+    assert "is not a runs folder, a table1a_seeds/_long.csv or a table1a_predictions.json" in bad.stderr
 
 
 def test_render_ablation(tmp_path: Path) -> None:
@@ -517,11 +554,283 @@ def test_render_ablation(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     md = (runs / "ablation.md").read_text()
     assert md_row(md, "setting") == ["setting", "what changes", "cb"]
-    assert md_row(md, "full")[2] == "81.0 ± 1.4* [n=2]"
+    assert md_row(md, "full")[2] == "81.0 ± 1.4^ [n=2]"  # above the teacher by mean; no predictions to test
     assert md_row(md, "meta_pilot")[2] == "72.0 ± 2.8 [n=2] (Δ full -9.0)"
     assert md_row(md, "no curriculum")[2] == "75.0 ± 0.0 [n=2] (Δ full -6.0)"
     assert md_row(md, "teacher")[2] == "80.0 ± 0.0 [n=2]"
     assert md_row(md, "my_setting")[2] == "77.0 [n=1] (Δ full -3.0)"  # against full's seed 1 (80), not its mean
+
+
+# ------------------------------------------------------------------------------------- paired comparisons
+
+
+def a_right_on_k_more(seed: int, n: int, k: int, rng: np.random.Generator) -> SeedSample:
+    """B wrong on half the examples; A the same as B except right on k of B's mistakes."""
+    gold = rng.integers(0, 2, n)
+    b = gold.copy()
+    wrong = rng.choice(n, size=n // 2, replace=False)
+    b[wrong] = 1 - gold[wrong]
+    a = b.copy()
+    a[wrong[:k]] = gold[wrong[:k]]
+    return SeedSample(seed, gold, a, b)
+
+
+def test_paired_bootstrap_interval_when_one_row_is_right_on_k_more_examples() -> None:
+    n, k, seeds = 50, 5, (1, 2, 3)
+    rng = np.random.default_rng(0)
+    p = paired_bootstrap("accuracy", [a_right_on_k_more(s, n, k, rng) for s in seeds], "cb", "dev")
+    assert p.per_seed == pytest.approx((10.0, 10.0, 10.0)) and p.diff == pytest.approx(10.0)
+    assert p.seeds == seeds and p.same_sign == 3 and p.resamples == 2000
+    # A replicate draws the k examples X ~ Binomial(n · seeds, k / n) times over all seeds; A − B = 100 X / (n · seeds)
+    total = n * len(seeds)
+    lo, hi = (100 * binom.ppf(q, total, k / n) / total for q in (0.025, 0.975))
+    assert abs(p.lo - lo) <= 100 / total and abs(p.hi - hi) <= 100 / total, (p.lo, lo, p.hi, hi)
+    assert 0 < p.lo < 10 < p.hi and p.above and not p.below
+    one = paired_bootstrap("accuracy", [a_right_on_k_more(1, 60, 1, rng)], "cb", "dev")
+    assert one.diff == pytest.approx(100 / 60) and one.lo == 0 and not one.above  # one example: a tie
+    again = paired_bootstrap("accuracy", [a_right_on_k_more(s, n, k, np.random.default_rng(0)) for s in seeds],
+                             "cb", "dev")
+    assert (again.lo, again.hi) == (p.lo, p.hi)  # seeded: a table renders to the same bytes every time
+
+
+def test_paired_bootstrap_without_a_difference_contains_zero() -> None:
+    gold = np.array([0, 1] * 25)
+    a, b = gold.copy(), gold.copy()
+    a[:5], b[5:10] = 1 - gold[:5], 1 - gold[5:10]  # each right where the other is wrong, as often
+    p = paired_bootstrap("accuracy", [SeedSample(s, gold, a, b) for s in (1, 2, 3)], "cb", "dev")
+    assert p.diff == 0 and p.per_seed == (0.0, 0.0, 0.0) and p.same_sign == 3
+    assert p.lo < 0 < p.hi and p.lo == pytest.approx(-p.hi, abs=1.0) and not p.above and not p.below
+    same = paired_bootstrap("mcc", [SeedSample(1, gold, a, a)], "cb", "dev")
+    assert (same.diff, same.lo, same.hi) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1", "macro_f1", "mcc"])
+def test_resampled_class_metrics_are_the_run_metrics(metric: str) -> None:
+    """The bootstrap's metrics from confusion matrices agree with mpdistil's, degenerate cases included."""
+    rng = np.random.default_rng(1)
+    for k, n in ((2, 40), (3, 57)):
+        gold = rng.integers(0, k, n)
+        for pred in (rng.integers(0, k, n), np.zeros(n, dtype=int), gold.copy(), (gold + 1) % k,
+                     np.where(rng.random(n) < 0.8, gold, (gold + 1) % k)):
+            cm = np.zeros((k, k))
+            np.add.at(cm, (gold, pred), 1)
+            assert confusion_metric(metric, cm) == pytest.approx(compute_metrics([metric], pred, gold)[metric])
+
+
+@pytest.mark.parametrize("metric", ["pearson", "spearman"])
+def test_resampled_score_metrics_are_the_run_metrics(metric: str) -> None:
+    rng = np.random.default_rng(2)
+    gold = np.round(rng.uniform(0, 5, 30), 1)
+    for pred in (gold + rng.normal(0, 1, 30), np.round(gold), np.full(30, 2.5)):
+        got = score_metric(metric, pred[None, :], gold[None, :])[0]
+        assert got == pytest.approx(compute_metrics([metric], pred, gold)[metric])
+
+
+def test_majority_class_and_uid_ranges() -> None:
+    assert majority_class({"0": 3, "1": 7, "2": 7}) == 1 and majority_class({}) is None
+    keys = ["0", "1", "2", "5", "7", "8"]
+    assert encode_uids(keys) == {"uid_ranges": "0-2,5,7-8"} and decode_uids(encode_uids(keys)) == keys
+    assert encode_uids(["a-1", "07"]) == {"uids": ["a-1", "07"]}
+
+
+DEV = [0] * 40 + [1] * 20  # 60 dev examples; training counts make class 0 the majority: 66.7% on dev
+COUNTS = {"0": 30, "1": 10}
+
+
+@pytest.fixture()
+def pred_runs(tmp_path: Path) -> Path:
+    """CB over seeds 1-3 with predictions: KD right on 1 more example than the teacher (a tie), MPDistil on 20 more.
+
+    Seed 3's MPDistil run lists its dev examples in reverse order: examples pair by uid, not position.
+    """
+    root = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        teacher = right_on(DEV, 30, seed)
+        write_pred_run(root / f"kd/cb/seed{seed}", labels=DEV, counts=COUNTS, task="cb", method="pkd", seed=seed,
+                       preds={"teacher": teacher, "undistilled": [0] * 60, "student": right_on(DEV, 31, seed)})
+        preds = {"teacher": teacher, "undistilled": [0] * 60, "student": right_on(DEV, 31, seed),
+                 "meta_teacher": teacher, "mpdistil": right_on(DEV, 50, seed)}
+        order = list(range(60))[::-1] if seed == 3 else list(range(60))
+        write_pred_run(root / f"mpdistil/cb/seed{seed}/col_binary", labels=[DEV[i] for i in order], counts=COUNTS,
+                       task="cb", method="mpdistil", seed=seed, uids=order,
+                       preds={a: [ps[i] for i in order] for a, ps in preds.items()})
+    return root
+
+
+def comparison_cells(md: str) -> dict[str, str]:
+    """The CB cell of each line of the paired-comparison grid."""
+    part = md.split("## Paired comparisons", 1)[1]
+    header = md_row(part, "comparison")
+    return {row[0]: row[header.index("CB")] for row in
+            ([c.strip() for c in ln.strip().strip("|").split("|")] for ln in part.splitlines()
+             if ln.startswith("| ") and not ln.startswith("| comparison"))}
+
+
+def test_render_prints_star_only_when_the_interval_excludes_zero(pred_runs: Path, tmp_path: Path) -> None:
+    out = tables_py("render", "table1a", str(pred_runs), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    md = out.stdout
+    cb = md_row(md, "row").index("CB")
+    assert md_row(md, "student, KD")[cb] == "51.7 ± 0.0° [n=3] (80.4; Δ -28.7)"  # above by mean, a tie: no mark
+    assert md_row(md, "MPDistil col + binary")[cb] == "83.3 ± 0.0* [n=3] (83.9; Δ -0.6)"
+    comparisons = comparison_cells(md)
+    assert comparisons["student, KD vs teacher"] == "+1.7 [+0.0, +3.9] 3/3 tie"
+    assert comparisons["MPDistil col + binary vs teacher"].startswith("+33.3 [+")
+    assert comparisons["MPDistil col + binary vs teacher"].endswith("3/3 beats teacher")
+    assert comparisons["MPDistil col + binary vs KD"].endswith("3/3 beats KD")
+    assert comparisons["MPDistil col + real vs KD"] == "—"
+    with open(tmp_path / "out" / "table1a_comparisons.csv") as f:
+        rows = {r["comparison"]: r for r in csv.DictReader(f)}
+    mpd = rows["MPDistil col + binary vs teacher"]
+    assert (mpd["seeds"], mpd["per_seed"], mpd["diff"]) == ("1 2 3", "33.3333 33.3333 33.3333", "33.3333")
+    assert float(mpd["lo"]) > 0 and mpd["verdict"] == "beats teacher"
+    assert rows["student, KD vs teacher"]["verdict"] == "tie" and float(rows["student, KD vs teacher"]["lo"]) == 0
+
+
+def test_majority_class_row_and_mark(pred_runs: Path, tmp_path: Path) -> None:
+    out = tables_py("render", "table1a", str(pred_runs), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    md = out.stdout
+    cb = md_row(md, "row").index("CB")
+    assert md_row(md, "majority class (train)")[cb] == "66.7 ± 0.0 [n=3]"
+    assert md_row(md, "majority class (train)")[md_row(md, "row").index("COPA")] == "—"
+    assert md_row(md, "teacher")[cb].startswith("50.0 ± 0.0° [n=3]")  # below the baseline
+    assert md_row(md, "student, undistilled")[cb].startswith("66.7 ± 0.0*° [n=3]")  # at it (always class 0)
+    assert md_row(md, "MPDistil col + binary")[cb].startswith("83.3 ± 0.0* [n=3]")  # above it
+    with open(tmp_path / "out" / "table1a_long.csv") as f:
+        long = {(r["row"], r["task"]): r for r in csv.DictReader(f)}
+    assert (long[("kd", "cb")]["vs_teacher"], long[("kd", "cb")]["at_or_below_majority"]) == ("tie", "1")
+    assert (long[("mpdistil_col_binary", "cb")]["vs_teacher"],
+            long[("mpdistil_col_binary", "cb")]["at_or_below_majority"]) == ("beats teacher", "0")
+    assert (long[("majority", "cb")]["ours_mean"], long[("majority", "cb")]["seeds"]) == ("66.6667", "1 2 3")
+
+
+def test_predictions_file_rerenders_every_output(pred_runs: Path, tmp_path: Path) -> None:
+    """Seeds CSV + predictions file alone give the same files as the run folders; a .json.gz is read too."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert tables_py("render", "table1a", str(pred_runs), "--out", str(first)).returncode == 0
+    stored = json.loads((first / "table1a_predictions.json").read_text())
+    seed3 = stored["tasks"]["cb"]["seeds"]["3"]
+    assert seed3["splits"]["dev"] == {"uid_ranges": "0-59", "labels": "0" * 40 + "1" * 20}
+    assert seed3["rows"]["undistilled"] == {"dev": "0" * 60} and seed3["runs"]["kd"] == "kd/cb/seed3"
+    assert set(seed3["rows"]) == {"teacher", "undistilled", "kd", "meta_col", "mpdistil_col_binary",
+                                  "no_curriculum_col"}
+    assert str(pred_runs) not in (first / "table1a_predictions.json").read_text()
+
+    out = tables_py("render", "table1a", str(first / "table1a_seeds.csv"), str(first / "table1a_predictions.json"),
+                    "--out", str(again))
+    assert out.returncode == 0, out.stderr
+    for suffix in (".csv", "_long.csv", "_seeds.csv", "_comparisons.csv", "_predictions.json"):
+        assert (again / f"table1a{suffix}").read_bytes() == (first / f"table1a{suffix}").read_bytes(), suffix
+    ours, theirs = ((d / "table1a.md").read_text().splitlines() for d in (again, first))
+    assert [ln for ln in ours if not ln.startswith("From ")] == [ln for ln in theirs if not ln.startswith("From ")]
+
+    packed = tmp_path / "table1a_predictions.json.gz"
+    packed.write_bytes(gzip.compress((first / "table1a_predictions.json").read_bytes()))
+    gz = tables_py("render", "table1a", str(first / "table1a_seeds.csv"), str(packed), "--out", str(tmp_path / "gz"))
+    assert gz.returncode == 0, gz.stderr
+    assert (tmp_path / "gz" / "table1a_comparisons.csv").read_bytes() == (
+        first / "table1a_comparisons.csv").read_bytes()
+    wrong = tables_py("render", "table4", str(first / "table1a_predictions.json"), "--out", str(tmp_path / "x"))
+    assert wrong.returncode != 0 and "holds table 'table1a'" in wrong.stderr
+
+
+def test_a_run_wins_over_the_predictions_file(pred_runs: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert tables_py("render", "table1a", str(pred_runs), "--out", str(first)).returncode == 0
+    later = tmp_path / "later"
+    rerun = right_on(DEV, 58, 1)
+    write_pred_run(later / "rerun/cb/seed1", labels=DEV, counts=COUNTS, task="cb", method="pkd", seed=1,
+                   preds={"teacher": right_on(DEV, 30, 1), "undistilled": [0] * 60, "student": rerun})
+    out = tables_py("render", "table1a", str(first / "table1a_seeds.csv"), str(first / "table1a_predictions.json"),
+                    str(later), "--out", str(tmp_path / "merged"))
+    assert out.returncode == 0, out.stderr
+    stored = json.loads((tmp_path / "merged" / "table1a_predictions.json").read_text())["tasks"]["cb"]["seeds"]
+    assert stored["1"]["rows"]["kd"]["dev"] == "".join(map(str, rerun))
+    assert stored["1"]["runs"]["kd"] == "rerun/cb/seed1"
+    assert stored["1"]["runs"]["meta_col"] == "mpdistil/cb/seed1/col_binary"  # no run for it: from the file
+    assert stored["2"]["runs"]["kd"] == "kd/cb/seed2"
+    assert ("student, KD / cb / seed 1: predictions from rerun/cb/seed1 differ from `table1a_predictions.json` "
+            "(run kd/cb/seed1); using the former") in out.stdout
+    with open(tmp_path / "merged" / "table1a_comparisons.csv") as f:
+        kd = next(r for r in csv.DictReader(f) if r["comparison"] == "student, KD vs teacher")
+    assert kd["per_seed"] == "46.6667 1.6667 1.6667"  # seed 1 from the rerun, seeds 2 and 3 from the file
+
+
+def test_star_needs_predictions_on_every_seed_of_the_cell(pred_runs: Path, tmp_path: Path) -> None:
+    """A seed without predictions leaves the interval silent about it: ^ (by mean), not *."""
+    write_run(pred_runs / "old/cb/seed4/col_binary", task="cb", method="mpdistil", seed=4,
+              agents={"teacher": acc(0.5), "undistilled": acc(0.6), "student": acc(0.5), "meta_teacher": acc(0.5),
+                      "mpdistil": acc(0.8)})
+    write_run(pred_runs / "old/cb/seed4/pkd", task="cb", method="pkd", seed=4,
+              agents={"teacher": acc(0.5), "undistilled": acc(0.6), "student": acc(0.5)})
+    out = tables_py("render", "table1a", str(pred_runs), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    md = out.stdout
+    cb = md_row(md, "row").index("CB")
+    assert md_row(md, "MPDistil col + binary")[cb].startswith("82.5 ± 1.7^ [n=4]")
+    assert comparison_cells(md)["MPDistil col + binary vs teacher"].endswith("3/3 beats teacher")  # seeds 1-3
+    assert "2 run(s) without per-example predictions" in md and "old/cb/seed4/pkd" in md
+    with open(tmp_path / "out" / "table1a_long.csv") as f:
+        long = {(r["row"], r["task"]): r for r in csv.DictReader(f)}
+    assert long[("mpdistil_col_binary", "cb")]["vs_teacher"] == "predictions for some seeds only"
+
+
+def write_regression_run(folder: Path, seed: int, gold: list[float], preds: dict[str, list[float]]) -> None:
+    agents = {a: {"dev": {m: compute_metrics([m], np.array(p), np.array(gold))[m] for m in ("pearson", "spearman")}}
+              for a, p in preds.items()}
+    write_run(folder, task="stsb", method="pkd", seed=seed, agents=agents, experiment_name="table4",
+              main_metric="pearson")
+    (folder / "predictions.json").write_text(json.dumps({
+        "task": "stsb", "kind": "regression", "label_names": [], "main_metric": "pearson", "train_label_counts": {},
+        "splits": {"dev": {"uids": list(range(len(gold))), "labels": gold}},
+        "rows": {a: {"dev": p} for a, p in preds.items()}}))
+
+
+def test_regression_comparisons_and_no_majority_row(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        gold = np.round(rng.uniform(0, 5, 80), 2)
+        write_regression_run(runs / f"stsb{seed}", seed, gold.tolist(), {
+            "teacher": np.round(gold + rng.normal(0, 0.3, 80), 5).tolist(),
+            "undistilled": np.round(gold + rng.normal(0, 3.0, 80), 5).tolist(),
+            "student": np.round(gold + rng.normal(0, 3.0, 80), 5).tolist()})
+    out = tables_py("render", "table4", str(runs))
+    assert out.returncode == 0, out.stderr
+    md = out.stdout
+    stsb = md_row(md, "row").index("STS-B (P/S)")
+    assert md_row(md, "majority class (train)")[stsb] == "n/a"
+    part = md.split("## Paired comparisons", 1)[1]
+    kd = md_row(part, "student, KD vs teacher")[stsb]
+    assert re.fullmatch(r"P -\d+\.\d \[-\d+\.\d, -\d+\.\d\] 2/2 below teacher / "
+                        r"S -\d+\.\d \[-\d+\.\d, -\d+\.\d\] 2/2 below teacher", kd), kd
+    stored = json.loads((runs / "table4_predictions.json").read_text())["tasks"]["stsb"]["seeds"]["1"]
+    assert isinstance(stored["rows"]["kd"]["dev"], list) and isinstance(stored["splits"]["dev"]["labels"], list)
+
+
+def test_ablation_compares_the_learned_policy_with_uniform(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        common = {"teacher": right_on(DEV, 30, seed), "undistilled": [0] * 60, "student": right_on(DEV, 40, seed)}
+        write_pred_run(runs / "full" / f"cb/seed{seed}", labels=DEV, counts=COUNTS, task="cb", method="mpdistil",
+                       seed=seed, experiment_name="ablation/full",
+                       preds={**common, "meta_teacher": common["teacher"], "mpdistil": right_on(DEV, 55, seed)})
+        write_pred_run(runs / "uniform" / f"cb/seed{seed}", labels=DEV, counts=COUNTS, task="cb", method="mpdistil",
+                       seed=seed, experiment_name="ablation/uniform", policy="uniform",
+                       preds={**common, "meta_teacher": common["teacher"], "mpdistil": right_on(DEV, 40, seed)})
+    out = tables_py("render", "ablation", str(runs))
+    assert out.returncode == 0, out.stderr
+    md = out.stdout
+    assert md_row(md, "full")[2] == "91.7 ± 0.0* [n=3]"
+    assert md_row(md, "uniform")[2] == "66.7 ± 0.0* [n=3] (Δ full -25.0)"
+    part = md.split("## Paired comparisons", 1)[1]
+    assert md_row(part, "learned vs uniform policy (full vs uniform)")[1].endswith("3/3 beats uniform")
+    assert md_row(part, "full vs no curriculum")[1].startswith("+25.0 [+")
+    with open(runs / "ablation_comparisons.csv") as f:
+        rows = {r["comparison"]: r for r in csv.DictReader(f)}
+    assert rows["learned vs uniform policy (full vs uniform)"]["diff"] == "25.0000"
+    assert rows["uniform vs teacher"]["verdict"] == "beats teacher"
 
 
 def test_dry_run_prints_the_distinct_sweeps(tmp_path: Path) -> None:
@@ -627,5 +936,12 @@ def test_cpu_repro_table_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     header = md_row(md, "row")
     for title in paper_tables.ROW_TITLES.values():
         row = md_row(md, title)
-        assert re.fullmatch(r"\d+\.\d\*? \[n=1\] \(\d+\.\d; Δ [+-]\d+\.\d\)", row[header.index("CB")]), row
+        assert re.fullmatch(r"\d+\.\d[*°]* \[n=1\] \(\d+\.\d; Δ [+-]\d+\.\d\)", row[header.index("CB")]), row
         assert row[header.index("BoolQ")].startswith("— (")
+    # real runs keep their predictions: every cell is tested, none is only above by mean
+    stored = json.loads((root / "cpu_repro" / "cpu_repro_predictions.json").read_text())["tasks"]["cb"]
+    assert set(stored["seeds"]["1"]["rows"]) == set(paper_tables.ROWS)
+    assert stored["seeds"]["1"]["splits"]["dev"] == {"uid_ranges": "0-15", "labels": "012" * 5 + "0"}
+    assert re.fullmatch(r"\d+\.\d \[n=1\]", md_row(md, "majority class (train)")[header.index("CB")])
+    kd = md_row(md.split("## Paired comparisons", 1)[1], "MPDistil col + binary vs KD")[header.index("CB")]
+    assert re.fullmatch(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] [01]/1 (beats KD|below KD|tie)", kd), kd

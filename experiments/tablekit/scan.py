@@ -11,12 +11,16 @@ from typing import Any
 
 from paper_tables import ROW_TITLES
 
+from .predictions import TablePredictions, read_table_predictions
+
 MPD_ORDER = ("col_binary", "com_binary", "col_real", "com_real")  # binary first: its rows do not need the reward
 
-# The two CSVs ``render`` writes beside a table and takes back as inputs.
+# The two CSVs ``render`` writes beside a table and takes back as inputs. ``beats_teacher``: above the teacher by
+# mean over the same seeds; ``vs_teacher``: the paired bootstrap's verdict; ``at_or_below_majority``: 1 or 0.
 SEEDS_HEADER = ["table", "row", "task", "part", "split", "metric", "seed", "value", "run"]
 LONG_HEADER = ["table", "row", "row_title", "task", "column", "part", "split", "metric", "ours_mean", "ours_std",
-               "n", "seeds", "paper", "delta", "beats_teacher"]
+               "n", "seeds", "paper", "delta", "beats_teacher", "vs_teacher", "at_or_below_majority"]
+LEGACY_LONG_HEADER = LONG_HEADER[:15]  # long CSVs written before the paired comparisons; still read
 
 
 # ----------------------------------------------------------------------------------------------- reading runs
@@ -177,16 +181,19 @@ class Picker:
 
 @dataclass
 class Inputs:
-    """What a table is rendered from: run folders, plus the CSVs an earlier rendering wrote.
+    """What a table is rendered from: run folders, plus the files an earlier rendering wrote.
 
     ``<table>_seeds.csv`` holds one value per row, task, part and seed, so seeds run later (or on
     another machine) add to a table whose run folders are gone. ``<table>_long.csv`` holds only
     per-cell summaries: its cells fill a column that nothing else has a value for, whole.
+    ``<table>_predictions.json`` holds the per-example dev predictions behind the cells, from which
+    the paired comparisons are recomputed.
     """
 
     folders: list[Path] = field(default_factory=list)
     seeds_csvs: dict[Path, list[dict[str, str]]] = field(default_factory=dict)  # path -> its rows
     long_csvs: dict[Path, list[dict[str, str]]] = field(default_factory=dict)
+    prediction_files: dict[Path, TablePredictions] = field(default_factory=dict)
 
 
 def read_csv_rows(path: Path, table: str) -> tuple[str, list[dict[str, str]]]:
@@ -195,7 +202,7 @@ def read_csv_rows(path: Path, table: str) -> tuple[str, list[dict[str, str]]]:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         rows = list(reader)
-    kind = "seeds" if header == SEEDS_HEADER else "long" if header == LONG_HEADER else None
+    kind = "seeds" if header == SEEDS_HEADER else "long" if header in (LONG_HEADER, LEGACY_LONG_HEADER) else None
     if kind is None:
         raise SystemExit(f"error: {path} is neither a <table>_seeds.csv nor a <table>_long.csv written by render")
     other = sorted({r["table"] for r in rows} - {table})
@@ -205,7 +212,7 @@ def read_csv_rows(path: Path, table: str) -> tuple[str, list[dict[str, str]]]:
 
 
 def classify_inputs(table: str, paths: Sequence[str]) -> Inputs:
-    """Sort render's inputs into run folders and the CSV kinds an earlier rendering wrote."""
+    """Sort render's inputs into run folders and the kinds of file an earlier rendering wrote."""
     inputs = Inputs()
     for raw in paths:
         path = Path(raw).expanduser().resolve()
@@ -214,7 +221,10 @@ def classify_inputs(table: str, paths: Sequence[str]) -> Inputs:
         elif path.is_file() and path.suffix == ".csv" and table != "ablation":
             kind, rows = read_csv_rows(path, table)
             (inputs.seeds_csvs if kind == "seeds" else inputs.long_csvs)[path] = rows
+        elif path.is_file() and path.name.endswith((".json", ".json.gz")) and table != "ablation":
+            inputs.prediction_files[path] = read_table_predictions(path, table)
         else:
-            what = "a runs folder" if table == "ablation" else f"a runs folder or a {table}_seeds/_long.csv"
+            what = ("a runs folder" if table == "ablation"
+                    else f"a runs folder, a {table}_seeds/_long.csv or a {table}_predictions.json")
             raise SystemExit(f"error: {path} is not {what}")
     return inputs
