@@ -400,12 +400,13 @@ def _share_forward_hooks(student: torch.nn.Module, fmodel: torch.nn.Module) -> N
     """
     try:
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY as registry
-    except ImportError:  # transformers < 5 reads the class attribute, which the patched subclass inherits
+    except ImportError:  # older transformers have no such registry
         registry = None
-    pairs = list(zip(student.named_modules(), fmodel.named_modules()))
-    if len(pairs) != len(list(student.modules())) or any(a != b for (a, _), (b, _) in pairs):
-        raise RuntimeError("higher's patched copy of the student does not mirror its module tree")
-    for (_, module), (_, patched) in pairs:
+    patched_by_name = dict(fmodel.named_modules())
+    for name, module in student.named_modules():
+        patched = patched_by_name.get(name)
+        if patched is None:
+            continue
         patched.__dict__["_forward_hooks"] = OrderedDict(module._forward_hooks)
         patched.__dict__["_forward_pre_hooks"] = OrderedDict(module._forward_pre_hooks)
         if registry is not None and registry.get(module):
