@@ -58,7 +58,8 @@ class MetaStepConfig:
 class AdamMoments:
     """Adam's running state of one parameter: the Adam pilot continues it, as the real optimizer would.
 
-    Without it a pilot step is a fresh first Adam step, ≈ lr·sign(g), whose meta-gradient nearly vanishes.
+    Without it a pilot step is a fresh first Adam step, ≈ lr·sign(g), whose meta-gradient is set by ε rather
+    than by the loss (docs/method.md, "Why SGD is the default").
     """
 
     step: int

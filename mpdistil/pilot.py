@@ -114,7 +114,8 @@ def apply_gradient(params: list[torch.Tensor], grads: list[torch.Tensor], optimi
     from mpdistil.training import NonFiniteLossError
 
     if not all(torch.isfinite(g).all() for g in grads):
-        raise NonFiniteLossError(f"non-finite meta-gradient for the {what}; lower method.pilot_lr or use fp32")
+        raise NonFiniteLossError(f"non-finite meta-gradient for the {what}; lower method.pilot_lr "
+                                 f"(method.pilot_adam_lr for the Adam pilot) or use fp32")
     for p, g in zip(params, grads):
         p.grad = g.detach().to(p.dtype)
     if clip > 0:
