@@ -89,10 +89,14 @@ class MethodConfig:
     meta_objective: str = "direct"  # direct | pilot | mixed
     meta_lambda: float = 0.5
     meta_backend: str = "higher"  # higher | func
-    pilot_lr: float = 1e-2
+    pilot_lr: float = 1e-2  # the SGD pilot's step size
     unroll_steps: int = 1
     first_order: bool = False
     quiz_batches_per_step: int = 1
+    # sgd | adam: the pilot's differentiable step; adam continues the real student optimizer's moments
+    pilot_optimizer: str = "sgd"
+    pilot_adam_lr: Optional[float] = None  # the Adam pilot's step size; null: method.student_lr (the real step's)
+    pilot_pkd: bool = True  # phase 3's pilot loss has the β·PKD term of its real distillation loss (when β > 0)
     # phase 4
     curriculum: bool = False
     curriculum_tasks: list[str] = field(default_factory=list)
@@ -234,6 +238,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "method.meta_input": ("pooled", "cls"),
         "method.meta_objective": ("direct", "pilot", "mixed"),
         "method.meta_backend": ("higher", "func"),
+        "method.pilot_optimizer": ("sgd", "adam"),
         "method.reward": ("binary", "real"),
         "method.policy_state": ("pooler", "quiz_stats"),
         "method.policy": ("learned", "uniform", "main_only", "fixed"),

@@ -65,6 +65,8 @@ class RunContext:
     flops: dict[str, int] = field(default_factory=dict)  # per timed label, filled when trainer.count_flops is on
     flop_counter: Optional[FlopCounterMode] = None
     teacher_outputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # the optimizer training each agent while its group runs, by agent name (an Adam pilot continues its moments)
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -1,8 +1,8 @@
-"""Meta-gradient of a quiz loss through k differentiable inner SGD steps of a student.
+"""Meta-gradient of a quiz loss through k differentiable inner SGD or Adam steps of a student.
 
 This is the MetaDistil "pilot update" (docs/method.md, phase 3): the student
-takes k SGD steps on an inner loss shaped by meta-parameters φ (a teacher or meta-teacher), the
-stepped student is scored on quiz batches, and the quiz loss is differentiated back into φ.
+takes k SGD (or Adam) steps on an inner loss shaped by meta-parameters φ (a teacher or meta-teacher),
+the stepped student is scored on quiz batches, and the quiz loss is differentiated back into φ.
 The student itself is never modified; the caller applies the returned gradient to φ.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -19,13 +20,14 @@ import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["MetaGradientError", "MetaStepConfig", "meta_gradient"]
+__all__ = ["AdamMoments", "MetaGradientError", "MetaStepConfig", "meta_gradient"]
 
 Forward = Callable[..., Any]
 LossFn = Callable[[Forward, Any], torch.Tensor]
 ParamList = list[torch.Tensor]
 
 _BACKENDS = ("higher", "func")
+_OPTIMIZERS = ("sgd", "adam")
 # Autograd errors raised when an op has no double backward (e.g. the fused SDPA kernels).
 _NO_DOUBLE_BACKWARD = re.compile(r"derivative for .* is not implemented|differentiate twice")
 
@@ -36,13 +38,33 @@ class MetaGradientError(RuntimeError):
 
 @dataclass
 class MetaStepConfig:
-    """How the pilot update is unrolled and differentiated."""
+    """How the pilot update is unrolled and differentiated.
+
+    ``optimizer="adam"`` makes each inner step an Adam step (no weight decay) with ``betas`` and ``eps``;
+    ``lr`` is then Adam's step size.
+    """
 
     lr: float = 1e-2
     steps: int = 1
     first_order: bool = False
     backend: str = "higher"
     fd_epsilon: float = 1e-2
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class AdamMoments:
+    """Adam's running state of one parameter: the Adam pilot continues it, as the real optimizer would.
+
+    Without it a pilot step is a fresh first Adam step, ≈ lr·sign(g), whose meta-gradient is set by ε rather
+    than by the loss (docs/method.md, "Why SGD is the default").
+    """
+
+    step: int
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
 
 
 def meta_gradient(
@@ -53,8 +75,9 @@ def meta_gradient(
     inner_batches: Sequence[Any],
     outer_batches: Sequence[Any],
     cfg: MetaStepConfig,
+    moments: Optional[Mapping[str, AdamMoments]] = None,
 ) -> tuple[list[torch.Tensor], dict[str, float]]:
-    """Gradient of the mean quiz loss after k inner SGD steps, with respect to ``meta_params``.
+    """Gradient of the mean quiz loss after k inner SGD or Adam steps, with respect to ``meta_params``.
 
     The student takes ``cfg.steps`` SGD steps θ_{t+1} = θ_t − η ∇_θ inner_loss(θ_t; φ) on
     ``inner_batches`` (cycled), then ``outer_loss`` is averaged over ``outer_batches`` at θ_k and
@@ -63,8 +86,13 @@ def meta_gradient(
     student's keyword inputs; it runs the student at the current functional weights and returns
     what the student returns) and one batch.
 
-    Second order (``first_order=False``): exact, through the unrolled graph, with the ``higher``
-    differentiable SGD or a ``torch.func.functional_call`` unroll (``cfg.backend``). It runs under
+    With ``cfg.optimizer="adam"`` each step is instead a step of torch's Adam without weight decay,
+    θ_{t+1} = θ_t − η/(1−β₁ˢ)·m_s/(√(v_s/(1−β₂ˢ)) + ε), continuing ``moments`` (by the student's parameter
+    names; parameters without an entry start from zero moments at step 0). ``moments`` is only read, and
+    only by Adam.
+
+    Second order (``first_order=False``): exact, through the unrolled graph, with ``higher``'s
+    differentiable SGD/Adam or a ``torch.func.functional_call`` unroll (``cfg.backend``). It runs under
     the MATH scaled-dot-product-attention kernel, the only SDPA kernel with a double backward.
 
     First order (``first_order=True``, for memory): no second-order graph is ever built. With
@@ -77,7 +105,7 @@ def meta_gradient(
     (the first-order MAML assumption). For k = 1 this approximates the exact meta-gradient up to
     O(ε²); for k ≥ 2 it drops the θ-Hessian terms (I − η H_t) and so differs from second order
     where those matter. The ± evaluations replay the RNG state of step t, so dropout masks match
-    the step actually taken.
+    the step actually taken. It assumes a step linear in the gradient, so it supports SGD only.
 
     The student's parameters, buffers and ``.grad`` are left untouched, and so is the ``.grad``
     of ``meta_params``; the forwards run in the student's current train/eval mode. Returns the
@@ -86,7 +114,8 @@ def meta_gradient(
     """
     start = time.perf_counter()
     metas = list(meta_params)
-    _check_args(student, metas, inner_batches, outer_batches, cfg)
+    _check_args(student, metas, inner_batches, outer_batches, cfg, moments)
+    moments = moments or {}
 
     if cfg.steps == 0 or cfg.lr == 0.0:
         grads, stats = _trivial(student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg)
@@ -97,11 +126,11 @@ def meta_gradient(
             with sdpa_kernel(SDPBackend.MATH):
                 if cfg.backend == "higher":
                     grads, stats = _second_order_higher(
-                        student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg
+                        student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg, moments
                     )
                 else:
                     grads, stats = _second_order_func(
-                        student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg
+                        student, metas, inner_loss, outer_loss, inner_batches, outer_batches, cfg, moments
                     )
         except RuntimeError as err:
             if isinstance(err, MetaGradientError) or not _NO_DOUBLE_BACKWARD.search(str(err)):
@@ -146,10 +175,21 @@ def _check_args(
     inner_batches: Sequence[Any],
     outer_batches: Sequence[Any],
     cfg: MetaStepConfig,
+    moments: Optional[Mapping[str, AdamMoments]],
 ) -> None:
     """Fail early with a readable message instead of deep inside autograd."""
     if cfg.backend not in _BACKENDS:
         raise ValueError(f"backend={cfg.backend!r} must be one of {_BACKENDS}")
+    if cfg.optimizer not in _OPTIMIZERS:
+        raise ValueError(f"optimizer={cfg.optimizer!r} must be one of {_OPTIMIZERS}")
+    if cfg.first_order and cfg.optimizer != "sgd":
+        raise ValueError("first_order=True supports only optimizer='sgd' (its finite differences assume a step "
+                         "linear in the gradient)")
+    if moments and cfg.optimizer != "adam":
+        raise ValueError(f"moments are read only by optimizer='adam', not {cfg.optimizer!r}")
+    unknown = sorted(set(moments or {}) - {n for n, _ in student.named_parameters()})
+    if unknown:
+        raise ValueError(f"moments name parameters the student does not have: {unknown[:3]}")
     if cfg.steps < 0:
         raise ValueError(f"steps={cfg.steps} must be >= 0")
     if cfg.first_order and not cfg.fd_epsilon > 0:
@@ -253,12 +293,15 @@ def _second_order_func(
     inner_batches: Sequence[Any],
     outer_batches: Sequence[Any],
     cfg: MetaStepConfig,
+    moments: Mapping[str, AdamMoments],
 ) -> tuple[ParamList, dict[str, float]]:
-    """Manual differentiable SGD over ``functional_call``: θ ← θ − η ∇_θ L with create_graph."""
+    """Manual differentiable SGD (θ ← θ − η ∇_θ L) or Adam over ``functional_call``, with create_graph."""
     names, reals = zip(*student.named_parameters())
     buffers = _buffer_copies(student)
     trainable = [i for i, p in enumerate(reals) if p.requires_grad]
     theta: ParamList = [p.detach().requires_grad_(p.requires_grad) for p in reals]
+    state = {i: moments.get(names[i]) or AdamMoments(0, torch.zeros_like(reals[i]), torch.zeros_like(reals[i]))
+             for i in trainable} if cfg.optimizer == "adam" else {}
     inner_values: list[float] = []
     for t in range(cfg.steps):
         loss = inner_loss(_func_forward(student, list(names), theta, buffers), _batch(inner_batches, t))
@@ -268,7 +311,11 @@ def _second_order_func(
         grads = torch.autograd.grad(loss, [theta[i] for i in trainable], create_graph=True, allow_unused=True)
         theta = list(theta)
         for i, g in zip(trainable, grads):
-            if g is not None:
+            if g is None:
+                continue
+            if cfg.optimizer == "adam":
+                theta[i], state[i] = _adam_step(theta[i], g, state[i], cfg)
+            else:
                 theta[i] = torch.add(theta[i], g, alpha=-cfg.lr)
     _check_graph_is_complete([theta[i] for i in trainable])
     forward = _func_forward(student, list(names), theta, buffers)
@@ -284,22 +331,87 @@ def _second_order_higher(
     inner_batches: Sequence[Any],
     outer_batches: Sequence[Any],
     cfg: MetaStepConfig,
+    moments: Mapping[str, AdamMoments],
 ) -> tuple[ParamList, dict[str, float]]:
-    """The same unroll with ``higher``'s differentiable SGD (kept as the MetaDistil reference)."""
+    """The same unroll with ``higher``'s differentiable SGD or Adam (kept as the MetaDistil reference)."""
     import higher
 
-    pilot = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
+    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    adam_steps: list[int] = []  # the starting Adam step of each parameter group
+    if cfg.optimizer == "adam":
+        # higher's DifferentiableAdam state: by parameter, an int step keeps the bias corrections in Python floats
+        state = {p: {"step": int(moments[n].step), "exp_avg": moments[n].exp_avg, "exp_avg_sq": moments[n].exp_avg_sq}
+                 for n, p in trainable if n in moments}
+        by_step: dict[int, list[torch.Tensor]] = {}
+        for _, p in trainable:
+            by_step.setdefault(state[p]["step"] if p in state else 0, []).append(p)
+        adam_steps = list(by_step)
+        pilot: torch.optim.Optimizer = torch.optim.Adam([{"params": ps} for ps in by_step.values()], lr=cfg.lr,
+                                                        betas=cfg.betas, eps=cfg.eps, weight_decay=0.0)
+        pilot.state.update(state)  # higher copies it
+    else:
+        pilot = torch.optim.SGD([p for _, p in trainable], lr=cfg.lr)
     inner_values: list[float] = []
     with higher.innerloop_ctx(student, pilot, copy_initial_weights=True, track_higher_grads=True) as (fmodel, diffopt):
+        _share_forward_hooks(student, fmodel)
         for t in range(cfg.steps):
             loss = inner_loss(fmodel, _batch(inner_batches, t))
             inner_values.append(float(loss.detach()))
             if not loss.requires_grad:
                 raise ValueError("inner_loss does not depend on the student's trainable parameters")
-            diffopt.step(loss)
+            # higher adds ε to √v before the bias correction, torch's Adam after it: ε·√(1−β₂ˢ) makes them equal
+            override = {"eps": [_higher_eps(cfg, s + t + 1) for s in adam_steps]} if adam_steps else None
+            diffopt.step(loss, override=override)
         _check_graph_is_complete(list(fmodel.parameters()))
         grads_meta, outer_value = _outer_grad(outer_loss, fmodel, outer_batches, metas)
     return _to_list(grads_meta, metas), {"outer_loss": outer_value, **_inner_stats(inner_values)}
+
+
+def _higher_eps(cfg: MetaStepConfig, step: int) -> float:
+    """The ε of higher's Adam formula, θ − η·√(1−β₂ˢ)/(1−β₁ˢ)·m/(√v + ε'), that gives torch's Adam at step s."""
+    return cfg.eps * math.sqrt(1 - cfg.betas[1] ** step)
+
+
+def _adam_step(p: torch.Tensor, g: torch.Tensor, state: AdamMoments,
+               cfg: MetaStepConfig) -> tuple[torch.Tensor, AdamMoments]:
+    """One differentiable step of torch's Adam (ε added to the bias-corrected √v̂), in the arithmetic of
+    ``higher``'s DifferentiableAdam with its ε rescaled, so that both backends agree.
+
+    Where v is exactly zero (a parameter that never had a gradient) √v has no finite derivative; like higher,
+    no gradient flows through those entries.
+    """
+    beta1, beta2 = cfg.betas
+    step = int(state.step) + 1
+    exp_avg = (state.exp_avg * beta1) + (1 - beta1) * g
+    exp_avg_sq = (state.exp_avg_sq * beta2) + (1 - beta2) * g * g
+    root = torch.where(exp_avg_sq == 0, torch.zeros_like(exp_avg_sq), exp_avg_sq).sqrt()
+    step_size = cfg.lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+    new = p + (-step_size) * (exp_avg / (root + _higher_eps(cfg, step)))
+    return new, AdamMoments(step, exp_avg, exp_avg_sq)
+
+
+def _share_forward_hooks(student: torch.nn.Module, fmodel: torch.nn.Module) -> None:
+    """Make ``higher``'s patched copy record what the student records through forward hooks, as ``functional_call``
+    does: transformers collects ``output_hidden_states`` (the PKD term's [CLS] states) by hooks on its layers.
+
+    higher copies every module attribute except the hook dicts, and its patched classes are new classes, which
+    transformers (≥ 5) does not find in its registry of what a model class can record; without this the hidden
+    states would silently come back as None. Each patched module gets its own copy of the hook dicts, so hooks
+    transformers installs on the copy never reach the student.
+    """
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY as registry
+    except ImportError:  # older transformers have no such registry
+        registry = None
+    patched_by_name = dict(fmodel.named_modules())
+    for name, module in student.named_modules():
+        patched = patched_by_name.get(name)
+        if patched is None:
+            continue
+        patched.__dict__["_forward_hooks"] = OrderedDict(module._forward_hooks)
+        patched.__dict__["_forward_pre_hooks"] = OrderedDict(module._forward_pre_hooks)
+        if registry is not None and registry.get(module):
+            registry[patched] = registry.get(module)
 
 
 def _devices_of(params: ParamList) -> list[torch.device]:
@@ -404,6 +516,7 @@ def _first_order_forward_factory(
     import higher
 
     fmodel = higher.monkeypatch(student, copy_initial_weights=True, track_higher_grads=False)
+    _share_forward_hooks(student, fmodel)
     base = [p.detach() for p in reals]
     fmodel.update_params(base)  # drop higher's private copy of every weight
 

@@ -1,4 +1,4 @@
-"""Checks of mpdistil.meta: exactness, backend agreement, first-order approximation, side effects."""
+"""Checks of mpdistil.meta: exactness, backend agreement, first-order approximation, side effects, Adam pilot."""
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +20,7 @@ from transformers import (
 )
 
 import mpdistil.meta as meta_module
-from mpdistil.meta import MetaGradientError, MetaStepConfig, meta_gradient
+from mpdistil.meta import AdamMoments, MetaGradientError, MetaStepConfig, meta_gradient
 
 TEMPERATURE = 2.0
 NUM_LABELS = 3
@@ -62,16 +62,25 @@ class Problem:
     def outer(self, forward: Callable[..., Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return nn.functional.cross_entropy(_logits(forward(**batch["inputs"])), batch["labels"])
 
-    def run(self, **cfg: Any) -> tuple[list[torch.Tensor], dict[str, float]]:
+    def run(self, moments: dict[str, AdamMoments] | None = None, **cfg: Any) -> tuple[list[torch.Tensor],
+                                                                                      dict[str, float]]:
         return meta_gradient(
             self.student, self.metas, self.inner, self.outer, self.inner_batches, self.outer_batches,
-            MetaStepConfig(**cfg),
+            MetaStepConfig(**cfg), moments,
         )
 
-    def reference_outer(self, steps: int, lr: float) -> float:
-        """Quiz loss after k real SGD steps on a deep copy (independent of mpdistil.meta)."""
+    def reference_outer(self, steps: int, lr: float, moments: dict[str, AdamMoments] | None = None,
+                        eps: float = 1e-8) -> float:
+        """Quiz loss after k real SGD steps on a deep copy (independent of mpdistil.meta); with ``moments``,
+        k steps of torch's Adam (no weight decay) continuing them."""
         student = copy.deepcopy(self.student)
-        opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr)
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(trainable, lr=lr) if moments is None else torch.optim.Adam(trainable, lr=lr, eps=eps)
+        for name, p in student.named_parameters():
+            if moments is not None and name in moments:
+                m = moments[name]
+                opt.state[p] = {"step": torch.tensor(float(m.step)), "exp_avg": m.exp_avg.clone(),
+                                "exp_avg_sq": m.exp_avg_sq.clone()}
         for t in range(steps):
             opt.zero_grad()
             self.inner(student, self.inner_batches[t % len(self.inner_batches)]).backward()
@@ -186,7 +195,8 @@ def test_backends_agree(make: Callable[[], nn.Module], steps: int) -> None:
 
 # 2. Exactness against finite differences of an independent SGD unroll ------------------------
 
-def _check_against_fd(problem: Problem, grads: list[torch.Tensor], steps: int, lr: float, n_entries: int = 3) -> None:
+def _check_against_fd(problem: Problem, grads: list[torch.Tensor], steps: int, lr: float, n_entries: int = 3,
+                      moments: dict[str, AdamMoments] | None = None, eps: float = 1e-8) -> None:
     h = 1e-6
     checked = 0
     for param, grad in zip(problem.metas, grads):
@@ -194,9 +204,9 @@ def _check_against_fd(problem: Problem, grads: list[torch.Tensor], steps: int, l
             entry = param.data.view(-1)
             original = float(entry[idx])
             entry[idx] = original + h
-            plus = problem.reference_outer(steps, lr)
+            plus = problem.reference_outer(steps, lr, moments, eps)
             entry[idx] = original - h
-            minus = problem.reference_outer(steps, lr)
+            minus = problem.reference_outer(steps, lr, moments, eps)
             entry[idx] = original
             fd = (plus - minus) / (2 * h)
             analytic = float(grad.reshape(-1)[idx])
@@ -399,3 +409,84 @@ def test_frozen_student_parameters_are_not_stepped() -> None:
     assert (flat(g_higher) - flat(g_func)).abs().max() <= 1e-10
     _check_against_fd(problem, g_func, 2, 0.7, n_entries=2)
     assert not problem.student.fc1.weight.requires_grad
+
+
+# 7. Adam pilot ----------------------------------------------------------------------------------
+
+def real_moments(problem: Problem, steps: int = 20, lr: float = 1e-2) -> dict[str, AdamMoments]:
+    """The state of a real Adam run on the inner loss over a copy of the student: what a pilot continues."""
+    student = copy.deepcopy(problem.student)
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    for t in range(steps):
+        opt.zero_grad()
+        problem.inner(student, problem.inner_batches[t % len(problem.inner_batches)]).backward()
+        opt.step()
+    names = {p: n for n, p in student.named_parameters()}
+    return {names[p]: AdamMoments(int(s["step"]), s["exp_avg"], s["exp_avg_sq"]) for p, s in opt.state.items()}
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("moments", [False, True], ids=["fresh", "moments"])
+def test_adam_backends_agree(steps: int, moments: bool) -> None:
+    problem = text_problem(tiny_bert(), n_outer=2)
+    state = real_moments(problem) if moments else None
+    g_higher, s_higher = problem.run(state, lr=1e-3, steps=steps, backend="higher", optimizer="adam")
+    g_func, s_func = problem.run(state, lr=1e-3, steps=steps, backend="func", optimizer="adam")
+    g_sgd, _ = problem.run(lr=1e-3, steps=steps, backend="func")
+    assert flat(g_func).norm() > 1e-5 and rel_err(flat(g_func), flat(g_sgd)) > 0.1, "Adam would not be tested"
+    assert (flat(g_higher) - flat(g_func)).abs().max() <= 1e-12 * flat(g_func).abs().max()
+    assert s_higher["outer_loss"] == pytest.approx(s_func["outer_loss"], abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["higher", "func"])
+@pytest.mark.parametrize(("steps", "eps"), [(1, 1e-8), (3, 1e-8), (2, 1e-3)])
+def test_adam_matches_finite_differences_of_torch_adam(backend: str, steps: int, eps: float) -> None:
+    """The pilot's Adam is torch's, continuing the given moments; a large ε checks that it enters after the bias
+    correction, as in torch (higher's own formula adds it before)."""
+    problem = mlp_problem()
+    state = real_moments(problem, steps=5)
+    grads, stats = problem.run(state, lr=0.05, steps=steps, backend=backend, optimizer="adam", eps=eps)
+    assert stats["outer_loss"] == pytest.approx(problem.reference_outer(steps, 0.05, state, eps), abs=1e-12)
+    _check_against_fd(problem, grads, steps, 0.05, moments=state, eps=eps)
+
+
+def test_adam_moments_are_only_read() -> None:
+    problem = text_problem(tiny_bert())
+    state = real_moments(problem, steps=3)
+    before = {n: (m.step, m.exp_avg.clone(), m.exp_avg_sq.clone()) for n, m in state.items()}
+    for backend in ("higher", "func"):
+        problem.run(state, lr=1e-3, steps=2, backend=backend, optimizer="adam")
+    for name, (step, avg, avg_sq) in before.items():
+        assert state[name].step == step
+        assert torch.equal(state[name].exp_avg, avg) and torch.equal(state[name].exp_avg_sq, avg_sq)
+
+
+@pytest.mark.parametrize("make", [mlp_problem, lambda: text_problem(tiny_bert(), n_outer=2)], ids=["mlp", "bert"])
+def test_adam_meta_gradient_needs_the_real_moments(make: Callable[[], Problem]) -> None:
+    """A fresh first Adam step is ≈ η·sign(g): its meta-gradient carries no signal of its own and is set by ε
+    (the coordinates with |g| ≲ ε/√(1−β₂)). Continuing real moments, the step is ≈ a preconditioned SGD step:
+    at the same step size its meta-gradient is of SGD's order, points like it and does not depend on ε."""
+    problem = make()
+    state = real_moments(problem)
+    lr = 1e-3
+    sgd = flat(problem.run(lr=lr, steps=1, backend="func")[0])
+
+    def adam(moments: dict[str, AdamMoments] | None, eps: float) -> torch.Tensor:
+        return flat(problem.run(moments, lr=lr, steps=1, backend="func", optimizer="adam", eps=eps)[0])
+
+    real, real_eps = adam(state, 1e-8), adam(state, 1e-6)
+    assert 0.2 < float(real.norm() / sgd.norm()) < 5
+    assert float(real @ sgd / (real.norm() * sgd.norm())) > 0.9
+    assert rel_err(real_eps, real) < 0.01
+    fresh, fresh_eps = adam(None, 1e-8), adam(None, 1e-6)
+    assert float(fresh_eps.norm() / fresh.norm()) > 10  # a hundredfold ε: a meta-gradient tens of times larger
+    assert float(fresh @ sgd / (fresh.norm() * sgd.norm())) < 0.8
+
+
+def test_adam_refuses_first_order_and_stray_moments() -> None:
+    problem = mlp_problem()
+    with pytest.raises(ValueError, match="first_order=True supports only optimizer='sgd'"):
+        problem.run(lr=0.1, steps=1, first_order=True, optimizer="adam")
+    with pytest.raises(ValueError, match="moments are read only by optimizer='adam'"):
+        problem.run(real_moments(problem, steps=1), lr=0.1, steps=1)
+

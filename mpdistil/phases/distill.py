@@ -66,6 +66,7 @@ class DistillPhase(TrainingPhase):
             (m.alpha, m.beta, m.temperature, m.soft_loss) if self.distilled else (0.0, 0.0, 1.0, "kl"))
         self.model = self.row_agent(ctx)
         self.opt = ctx.rt.optimizer(self.model.parameters(), m.student_lr)
+        ctx.optimizers[self.trains[0]] = self.opt
         self.pairs = layer_map(self.model.num_layers, ctx.teacher.num_layers, m.layer_map) if self.beta > 0 else []
         self.cache_out = ctx.teacher_cache("train") if self.distilled else None
 
@@ -108,6 +109,9 @@ class DistillPhase(TrainingPhase):
         self.best.restore(self.model)
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "alpha": self.alpha, "beta": self.beta}
+
+    def close(self, ctx: RunContext) -> None:
+        ctx.optimizers.pop(self.trains[0], None)
 
 
 @register_phase("undistilled")

@@ -4,7 +4,7 @@ distillation epoch (run it as ``distill+meta_teacher``).
 T' reads the frozen teacher's representation h_T (cached) and the current student's h_S
 (recomputed once per pass, no gradient into either encoder) and is trained on the
 collaborative or competitive loss (``method.meta_objective=direct``), by the quiz loss of a
-student after a differentiable pilot step on T''s soft targets (``pilot``), or by
+student after a differentiable pilot step on phase 2's loss with T''s soft targets (``pilot``), or by
 (1 − λ)·direct + λ·pilot (``mixed``, λ = ``method.meta_lambda``). The best T' on the selection
 split is kept.
 """
@@ -19,7 +19,7 @@ from mpdistil.config import ConfigError
 from mpdistil.context import RunContext
 from mpdistil.losses import META_LOSSES
 from mpdistil.phases import Row, TrainingPhase, register_phase
-from mpdistil.pilot import PILOT_FIELDS, apply_gradient, check_pilot, pilot_gradient
+from mpdistil.pilot import PILOT_FIELDS, apply_gradient, cached_teacher_cls, check_pilot, pilot_gradient
 from mpdistil.training import predict
 
 
@@ -29,8 +29,10 @@ class MetaTeacherPhase(TrainingPhase):
     trains = ("meta_teacher",)
     reads = ("teacher", "student", "meta_teacher")
     cache = "students"
+    # beyond the pilot's fields: β and the layer map of the PKD term its pilot loss shares with phase 2
     fields = PILOT_FIELDS + ("method.student_epochs", "method.meta_loss", "method.meta_lr", "method.meta_teacher",
-                             "method.meta_input", "method.meta_objective", "method.meta_lambda")
+                             "method.meta_input", "method.meta_objective", "method.meta_lambda", "method.pilot_pkd",
+                             "method.beta", "method.layer_map")
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -82,6 +84,8 @@ class MetaTeacherPhase(TrainingPhase):
         h_t = ctx.representation(ctx.teacher_cache("quiz"))
         h_s = self.student_representation(ctx)
         h_train = ctx.representation(ctx.teacher_cache("train")) if m.meta_objective != "direct" else None
+        # the pilot mirrors phase 2's loss, PKD included (β > 0), unless method.pilot_pkd=false
+        teacher_cls = cached_teacher_cls(ctx, "train") if h_train is not None and m.pilot_pkd and m.beta > 0 else None
         params = [p for p in self.mt.parameters() if p.requires_grad]
         weight_direct = {"direct": 1.0, "pilot": 0.0, "mixed": 1.0 - m.meta_lambda}[m.meta_objective]
         # endless train' batches for the pilot steps (their soft targets come from T')
@@ -107,7 +111,8 @@ class MetaTeacherPhase(TrainingPhase):
             if weight_direct < 1:
                 quiz = [batch] + [quiz_batches[(b + j) % len(quiz_batches)] for j in range(1, m.quiz_batches_per_step)]
                 inner = [next(train_iter) for _ in range(m.unroll_steps)]
-                pilot, stats = pilot_gradient(ctx, params, self._soft_targets(ctx, h_train), inner, quiz)
+                pilot, stats = pilot_gradient(ctx, params, self._soft_targets(ctx, h_train), inner, quiz,
+                                               teacher_cls)
                 grads = [g + (1 - weight_direct) * p for g, p in zip(grads, pilot)]
                 sums["pilot_quiz_loss"] = sums.get("pilot_quiz_loss", 0.0) + stats["outer_loss"]
             apply_gradient(params, grads, self.opt, rt.grad_clip, "meta-teacher")

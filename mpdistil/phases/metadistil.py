@@ -1,8 +1,9 @@
 """The MetaDistil baseline (Zhou et al., ACL 2022): the teacher learns to teach by meta-gradients.
 
-For every train' batch: (1) a differentiable copy of the student takes a plain SGD pilot step on
-the distillation loss with the teacher's soft targets, keeping the teacher's graph; (2) the quiz
-loss of the stepped student is back-propagated into every teacher parameter (second order);
+For every train' batch: (1) a differentiable copy of the student takes a pilot step (SGD, or Adam
+continuing the real student optimizer's moments: ``method.pilot_optimizer``) on the distillation loss
+with the teacher's soft targets, keeping the teacher's graph; like the real step (4), it has no PKD
+term; (2) the quiz loss of the stepped student is back-propagated into every teacher parameter (second order);
 (3) the teacher takes a step; (4) the student takes its real step with the updated teacher's
 soft targets. The phase-1 teacher stays untouched for the table's teacher row and fidelity;
 the meta-trained copy lives in ``ctx.agents["metadistil_teacher"]``.
@@ -61,6 +62,7 @@ class MetaDistilPhase(TrainingPhase):
         self.params = [p for p in self.teacher.parameters() if p.requires_grad]
         self.opt_teacher = rt.optimizer(self.params, m.teacher_lr)
         self.opt_student = rt.optimizer(ctx.student.parameters(), m.student_lr)
+        ctx.optimizers.update(student=self.opt_student, metadistil_teacher=self.opt_teacher)
 
     def _soft(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.teacher(**model_inputs(batch)).logits
@@ -99,3 +101,7 @@ class MetaDistilPhase(TrainingPhase):
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                 "pilot_lr": ctx.cfg.method.pilot_lr, "unroll_steps": ctx.cfg.method.unroll_steps,
                 "first_order": ctx.cfg.method.first_order, "backend": ctx.cfg.method.meta_backend}
+
+    def close(self, ctx: RunContext) -> None:
+        for agent in self.trains:
+            ctx.optimizers.pop(agent, None)
