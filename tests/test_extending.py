@@ -117,3 +117,30 @@ def test_a_new_file_in_the_phases_folder_is_found_by_itself(tmp_path, monkeypatc
     finally:
         PHASES.pop("kd_plain_copy", None)
         sys.modules.pop("mpdistil.phases.kd_plain_copy", None)
+
+
+def test_a_phase_defined_in_this_file_runs_end_to_end(tmp_path):
+    """A KD variant written here (hard-label-free distillation: α = 1) needs no other file than its overrides."""
+    from mpdistil.phases import Row, register_phase
+    from mpdistil.phases.distill import DistillPhase
+    from mpdistil.run import run
+    from tests.helpers import make_cfg
+
+    @register_phase("kd_soft_only")
+    class SoftOnlyKD(DistillPhase):
+        row = Row("soft_only", "student, soft targets only", student=True)
+
+        def start(self, ctx):
+            super().start(ctx)
+            self.alpha = 1.0
+
+    try:
+        cfg = make_cfg(*FAST, *custom_task(tmp_path), "method=kd", "method.phases=[teacher,kd_soft_only]",
+                       f"cache_dir={tmp_path / 'cache'}")
+        results = run(cfg, out_dir=tmp_path / "run")
+        assert list(results["agents"]) == ["teacher", "soft_only"] and results["final_row"] == "soft_only"
+        assert results["phases"]["kd_soft_only"]["alpha"] == 1.0
+        assert results["phases"]["kd_soft_only"]["history"][0]["ce"] > 0  # the hard loss is logged, not trained on
+    finally:
+        PHASES.pop("kd_soft_only", None)
+        register_configs()
