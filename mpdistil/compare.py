@@ -49,7 +49,7 @@ def evaluate_pair(teacher_dir: str, student_dir: str, task: str, data_dir: Optio
     from mpdistil.models.loading import check_same_tokenizer, load_classifier, load_tokenizer, resolve_model_source
     from mpdistil.training import Runtime, predict, predictions_from_logits, resolve_device
 
-    t_src, s_src = resolve_model_source(teacher_dir)[0], resolve_model_source(student_dir)[0]
+    t_src, s_src = resolve_model_source(teacher_dir, cache_dir)[0], resolve_model_source(student_dir, cache_dir)[0]
     tokenizer = load_tokenizer(t_src)
     check_same_tokenizer(tokenizer, load_tokenizer(s_src), (teacher_dir, student_dir))
     tcfg = task_config_for(task)

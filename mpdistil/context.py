@@ -140,7 +140,7 @@ class RunContext:
             m = self.cfg.method
             self.agents["meta_teacher"] = MetaTeacher(
                 m.meta_teacher, self.teacher.hidden_size, self.student.hidden_size, self.task.num_outputs,
-                teacher_head=self.teacher.hf.classifier, regression=self.task.kind == "regression",
+                teacher_head=self.teacher.head(None), regression=self.task.kind == "regression",
             ).to(self.rt.device)
         return self.agents["meta_teacher"]
 
@@ -166,7 +166,7 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path) -> RunCon
 
     info, t = data.task, cfg.trainer
     teacher, student, sources = build_agents(cfg.model, info.name, info.kind, info.num_outputs, info.label_names,
-                                             cfg.seed)
+                                             cfg.seed, cache_dir)
     rt = Runtime(resolve_device(t.device), t.precision, t.grad_clip, t.weight_decay, t.eval_batch_size, data.pad_id,
                  t.progress, bucket=t.length_bucket, max_padding=t.eval_max_padding)
     teacher.to(rt.device)

@@ -138,7 +138,7 @@ def _fmt(value: Any) -> str:
 def export(ctx: RunContext, student: torch.nn.Module) -> dict[str, Any]:
     """The final student as an HF folder (with tokenizer) and test predictions in leaderboard format."""
     outputs: dict[str, Any] = {}
-    tokenizer = load_tokenizer(resolve_model_source(ctx.cfg.model.tokenizer or ctx.cfg.model.teacher)[0])
+    tokenizer = load_tokenizer(resolve_model_source(ctx.cfg.model.tokenizer or ctx.cfg.model.teacher, ctx.cache_dir)[0])
     for name, agent, wanted in (("student", student, ctx.cfg.trainer.save_student),
                                 ("teacher", ctx.teacher, ctx.cfg.trainer.save_teacher)):
         if wanted:

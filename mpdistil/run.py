@@ -37,7 +37,7 @@ def preflight(cfg: Any) -> None:
         get_task_spec(name)
     for model in (cfg.model.teacher, cfg.model.student):
         if model:
-            resolve_model_source(model)
+            resolve_model_source(model, cfg.cache_dir)
     resolve_device(cfg.trainer.device)
 
 

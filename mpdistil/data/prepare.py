@@ -50,9 +50,9 @@ class RunData:
 
 def run_tokenizer(cfg: Any) -> Any:
     """The tokenizer every model of the run shares (the teacher's unless model.tokenizer names one)."""
-    tokenizer = load_tokenizer(resolve_model_source(cfg.model.tokenizer or cfg.model.teacher)[0])
+    tokenizer = load_tokenizer(resolve_model_source(cfg.model.tokenizer or cfg.model.teacher, cfg.cache_dir)[0])
     if cfg.model.student:
-        check_same_tokenizer(tokenizer, load_tokenizer(resolve_model_source(cfg.model.student)[0]),
+        check_same_tokenizer(tokenizer, load_tokenizer(resolve_model_source(cfg.model.student, cfg.cache_dir)[0]),
                              (cfg.model.teacher, cfg.model.student))
     return tokenizer
 

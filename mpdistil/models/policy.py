@@ -6,13 +6,17 @@ from torch import nn
 
 
 def pooler_weight(student: nn.Module) -> torch.Tensor:
-    """The student's pooler dense weight (the authors' state), or its classifier weight if it has no pooler."""
+    """The student's pooler dense weight (the authors' state), else its main head's first weight.
+
+    A RoBERTa-style head's ``dense`` [H, H] is that head's counterpart of BERT's pooler dense (both map the
+    first token through dense + activation); a BERT-like encoder without a pooler gives its linear classifier's.
+    """
     hf = student.hf
     for owner in (getattr(hf.base_model, "pooler", None), getattr(hf, "pooler", None)):
         dense = getattr(owner, "dense", None)
         if isinstance(dense, nn.Linear):
             return dense.weight
-    return hf.classifier.weight
+    return student.main_head_weight()
 
 
 class Policy(nn.Module):
