@@ -81,6 +81,15 @@ class MethodConfig:
     temperature: float = 5.0
     soft_loss: str = "kl"  # kl | mse
     layer_map: str = "skip"  # skip | first | last
+    # beyond the paper (docs/method.md): drop or down-weight the soft targets furthest beyond the student
+    frontier_filter: str = "none"  # none | student_prob | kl_quantile
+    frontier_keep: float = 1.0  # fraction of train' soft targets kept each filtered epoch
+    frontier_warmup: int = 1  # epochs distilled on every target before filtering starts
+    frontier_mode: str = "drop"  # drop | weight (by the student's probability of the teacher's label)
+    # noisy teachers: flipped train' labels for the teacher's fine-tuning, or Gaussian noise on its soft targets
+    teacher_noise: str = "none"  # none | label_flip | logit_gauss
+    teacher_noise_rate: float = 0.1  # label_flip: fraction of train' labels flipped to another class
+    teacher_noise_scale: float = 1.0  # logit_gauss: std of the noise added to each soft-target logit
     # phase 3
     meta_loss: str = "col"  # col | com | none
     meta_lr: float = 1e-3
@@ -233,6 +242,9 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {
         "method.soft_loss": tuple(LOSSES),
         "method.layer_map": ("skip", "first", "last"),
+        "method.frontier_filter": ("none", "student_prob", "kl_quantile"),
+        "method.frontier_mode": ("drop", "weight"),
+        "method.teacher_noise": ("none", "label_flip", "logit_gauss"),
         "method.meta_loss": (*META_LOSSES, "none"),
         "method.meta_teacher": ("head", "mlp"),
         "method.meta_input": ("pooled", "cls"),

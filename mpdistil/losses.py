@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
+# The same losses, one value per example ([B]): a weighted soft term (method.frontier_mode) needs them.
+PER_EXAMPLE_LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
 
 
 def register_loss(name: str) -> Callable:
@@ -18,6 +20,16 @@ def register_loss(name: str) -> Callable:
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         LOSSES[name] = fn
+        return fn
+
+    return wrap
+
+
+def register_per_example_loss(name: str) -> Callable:
+    """The per-example form of soft loss ``name``, whose mean over the batch is the loss itself."""
+
+    def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        PER_EXAMPLE_LOSSES[name] = fn
         return fn
 
     return wrap
@@ -31,6 +43,15 @@ def kl_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return temperature ** 2 * F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
 
 
+@register_per_example_loss("kl")
+def kl_soft_loss_per_example(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                             temperature: float) -> torch.Tensor:
+    """τ² · KL(softmax(t/τ) ‖ softmax(s/τ)) of each example, [B]: its batch mean is :func:`kl_soft_loss`."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature ** 2 * F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(-1)
+
+
 @register_loss("mse")
 def prob_mse_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                        temperature: float) -> torch.Tensor:
@@ -40,11 +61,33 @@ def prob_mse_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     return temperature ** 2 * F.mse_loss(p_s, p_t)
 
 
+@register_per_example_loss("mse")
+def prob_mse_soft_loss_per_example(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                                   temperature: float) -> torch.Tensor:
+    """τ² · mean over classes of the squared difference of tempered probabilities, [B]: its batch mean is
+    :func:`prob_mse_soft_loss`."""
+    p_s = F.softmax(student_logits.float() / temperature, dim=-1)
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature ** 2 * ((p_s - p_t) ** 2).mean(-1)
+
+
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, kind: str,
               name: str = "kl") -> torch.Tensor:
     if kind == "regression":
         return F.mse_loss(student_logits.float(), teacher_logits.float())
     return LOSSES[name](student_logits, teacher_logits, temperature)
+
+
+def soft_loss_per_example(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                          kind: str, name: str = "kl") -> torch.Tensor:
+    """Each example's soft loss, [B]; its batch mean is :func:`soft_loss`. A loss registered without a per-example
+    form is evaluated on each example alone, which is exact for a loss that averages over the batch."""
+    if kind == "regression":
+        return (student_logits.float() - teacher_logits.float()) ** 2
+    if name in PER_EXAMPLE_LOSSES:
+        return PER_EXAMPLE_LOSSES[name](student_logits, teacher_logits, temperature)
+    return torch.stack([LOSSES[name](student_logits[i:i + 1], teacher_logits[i:i + 1], temperature)
+                        for i in range(student_logits.shape[0])])
 
 
 def hard_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
@@ -82,13 +125,22 @@ def pkd_loss(student_cls: Sequence[torch.Tensor], teacher_cls: Sequence[torch.Te
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor],
                       labels: torch.Tensor, kind: str, alpha: float, temperature: float, soft: str = "kl",
                       beta: float = 0.0, student_cls: Optional[Sequence[torch.Tensor]] = None,
-                      teacher_cls: Optional[Sequence[torch.Tensor]] = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_S = α·soft + (1 − α)·CE + β·PKD; α = 0 and β = 0 give the undistilled student."""
+                      teacher_cls: Optional[Sequence[torch.Tensor]] = None,
+                      soft_weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_S = α·soft + (1 − α)·CE + β·PKD; α = 0 and β = 0 give the undistilled student.
+
+    ``soft_weights`` ([B]) weigh each example's soft term: soft = Σ_i w_i·D_i / B, so a weight of 0 removes an
+    example's soft term without changing the others', and unit weights give the batch mean.
+    """
     ce = hard_loss(student_logits, labels, kind)
     total = (1.0 - alpha) * ce
     parts = {"ce": float(ce.detach())}
     if alpha > 0 and teacher_logits is not None:
-        kd = soft_loss(student_logits, teacher_logits, temperature, kind, soft)
+        if soft_weights is None:
+            kd = soft_loss(student_logits, teacher_logits, temperature, kind, soft)
+        else:
+            per_example = soft_loss_per_example(student_logits, teacher_logits, temperature, kind, soft)
+            kd = (per_example * soft_weights.to(per_example)).sum() / per_example.shape[0]
         total = total + alpha * kd
         parts["kd"] = float(kd.detach())
     if beta > 0 and student_cls is not None and teacher_cls is not None:

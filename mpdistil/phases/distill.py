@@ -4,6 +4,8 @@ L_S = α·τ²·D(softmax(z_T'/τ), softmax(z_S/τ)) + (1 − α)·CE(z_S, y) + 
 The frozen teacher's logits and [CLS] states come from a per-run cache, computed once. Soft
 targets come from the meta-teacher T' once phase 3 has trained it, else from the teacher.
 ``undistilled`` is the same loop with α = β = 0 on a fresh copy of the initial student.
+Beyond the paper, the soft term can leave out the targets furthest beyond the current student
+(``method.frontier_filter``) and the soft targets can carry fixed Gaussian noise (``method.teacher_noise``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
+from mpdistil.frontier import FRONTIER_FIELDS, FrontierLog, check_frontier, filter_epoch, logit_noise
 from mpdistil.losses import distillation_loss, layer_map
 from mpdistil.phases import (
     STUDENT_FIELDS,
@@ -26,6 +29,7 @@ from mpdistil.phases import (
     check_student,
     register_phase,
 )
+from mpdistil.training import predict
 
 
 def fresh_student(ctx: RunContext, name: str) -> nn.Module:
@@ -44,7 +48,7 @@ class DistillPhase(TrainingPhase):
     reads = ("teacher", "student", "meta_teacher")
     cache = "students"
     fields = STUDENT_FIELDS + ("method.alpha", "method.beta", "method.temperature", "method.soft_loss",
-                               "method.layer_map", "method.meta_input")
+                               "method.layer_map", "method.meta_input") + FRONTIER_FIELDS
     distilled = True
     salt = 2
 
@@ -52,6 +56,7 @@ class DistillPhase(TrainingPhase):
     def check(cls, cfg: Any) -> None:
         check_student(cfg)
         check_distillation(cfg)
+        check_frontier(cfg)
 
     def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.student_epochs
@@ -69,6 +74,17 @@ class DistillPhase(TrainingPhase):
         ctx.optimizers[self.trains[0]] = self.opt
         self.pairs = layer_map(self.model.num_layers, ctx.teacher.num_layers, m.layer_map) if self.beta > 0 else []
         self.cache_out = ctx.teacher_cache("train") if self.distilled else None
+        self.start_frontier(ctx)
+
+    def start_frontier(self, ctx: RunContext) -> None:
+        """Filtering and logit noise act on the soft term only, so a phase without one reads neither switch."""
+        m = ctx.cfg.method
+        soft = self.distilled and self.alpha > 0
+        self.frontier = (m.frontier_filter, m.frontier_keep, m.frontier_warmup, m.frontier_mode) \
+            if soft and m.frontier_filter != "none" else None
+        self.frontier_log = FrontierLog()
+        self.noise = logit_noise(tuple(self.cache_out["logits"].shape), m.teacher_noise_scale, ctx.generator(10)) \
+            if soft and m.teacher_noise == "logit_gauss" else None
 
     def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
         if self.alpha == 0:
@@ -80,8 +96,33 @@ class DistillPhase(TrainingPhase):
                 return mt(h.view(-1, h.shape[-1]).to(ctx.rt.device), "teacher", choices)
         return self.cache_out["logits"][idx].to(ctx.rt.device)
 
+    def targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
+        """The soft targets the student is distilled towards: :meth:`soft_targets` plus the fixed logit noise of
+        these examples when ``method.teacher_noise=logit_gauss``."""
+        soft = self.soft_targets(ctx, idx, choices)
+        if soft is None or self.noise is None:
+            return soft
+        return soft + self.noise[idx].to(soft.device, soft.dtype)
+
+    def frontier_weights(self, ctx: RunContext, epoch: int) -> Optional[torch.Tensor]:
+        """This epoch's weight of each train′ example's soft term (None: all 1), from the student's predictions at
+        the epoch's start; nothing is filtered during the first ``method.frontier_warmup`` epochs."""
+        if self.frontier is None:
+            return None
+        criterion, keep, warmup, mode = self.frontier
+        if epoch < warmup:
+            return None
+        split = ctx.splits["train"]
+        student = predict(self.model, split, ctx.rt)["logits"]
+        with torch.no_grad():
+            targets = self.targets(ctx, torch.arange(len(split)), split.num_choices)
+        weights, record = filter_epoch(student, targets, split.labels, criterion, keep, mode, self.temperature)
+        self.frontier_log.add(epoch, record)
+        return weights
+
     def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         rt, m, kind = ctx.rt, ctx.cfg.method, ctx.task.kind
+        weights = self.frontier_weights(ctx, epoch)
         self.model.train(not m.authors_no_dropout)
         split = ctx.splits["train"]
         sums: dict[str, float] = {}
@@ -98,17 +139,37 @@ class DistillPhase(TrainingPhase):
                     t = t.view(-1, t.shape[-2], t.shape[-1])
                     teacher_cls = [t[:, j] for j in range(len(self.pairs))]
                 loss, parts = distillation_loss(
-                    out.logits, self.soft_targets(ctx, idx, split.num_choices), batch["labels"], kind, self.alpha,
-                    self.temperature, self.soft_loss, self.beta, student_cls, teacher_cls)
+                    out.logits, self.targets(ctx, idx, split.num_choices), batch["labels"], kind, self.alpha,
+                    self.temperature, self.soft_loss, self.beta, student_cls, teacher_cls,
+                    soft_weights=None if weights is None else weights[idx].to(rt.device))
             rt.step(loss, self.opt, self.name)
             accumulate(sums, {"loss": float(loss.detach()), **parts})
             n += 1
-        return self.end_epoch(ctx, self.model, epoch, sums, n)
+        filtered = {"frontier_filtered": float(self.frontier_log.epochs[-1]["count"])} \
+            if self.frontier_log.epochs and self.frontier_log.epochs[-1]["epoch"] == epoch else {}
+        return self.end_epoch(ctx, self.model, epoch, sums, n, **filtered)
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(self.model)
-        return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
-                "alpha": self.alpha, "beta": self.beta}
+        record = {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
+                  "alpha": self.alpha, "beta": self.beta}
+        if self.frontier is not None:
+            criterion, keep, warmup, mode = self.frontier
+            record["frontier"] = {"criterion": criterion, "keep": keep, "warmup": warmup, "mode": mode,
+                                  **self.frontier_log.state_dict(), "summary": self.frontier_log.summary()}
+        if self.noise is not None:
+            record["teacher_noise"] = {"kind": "logit_gauss", "scale": ctx.cfg.method.teacher_noise_scale,
+                                       "realised_std": float(self.noise.std()) if self.noise.numel() > 1 else 0.0,
+                                       "realised_mean": float(self.noise.mean()), "entries": self.noise.numel()}
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "frontier": self.frontier_log.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "frontier" in state:
+            self.frontier_log.load_state_dict(state["frontier"])
 
     def close(self, ctx: RunContext) -> None:
         ctx.optimizers.pop(self.trains[0], None)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mpdistil.config import ConfigError
 from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
 from mpdistil.losses import distillation_loss
@@ -45,6 +46,12 @@ class MetaDistilPhase(TrainingPhase):
         check_student(cfg)
         check_distillation(cfg)
         check_pilot(cfg)
+        m = cfg.method
+        if cls.name in (p for group in m.phases for p in group.split("+")):
+            if m.frontier_filter != "none" or m.teacher_noise == "logit_gauss":
+                raise ConfigError("method.frontier_filter and method.teacher_noise=logit_gauss act on the soft term of "
+                                  "phase 2 (distill, kd), not on metadistil's; set method.frontier_filter=none and "
+                                  "method.teacher_noise=none or label_flip")
 
     def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.student_epochs

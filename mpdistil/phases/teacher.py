@@ -2,16 +2,20 @@
 
 The fine-tuned teacher is cached under ``<cache_dir>/teachers/`` and reused by every later run with
 the same teacher, data and phase-1 settings (its ``fields``); concurrent jobs build it once.
+With ``method.teacher_noise=label_flip`` the teacher is fine-tuned on train' labels of which a seeded
+fraction is flipped to another class; selection and every later phase use the true labels.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+import torch
 from tqdm.auto import tqdm
 
 from mpdistil.config import ConfigError
 from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
+from mpdistil.frontier import LABEL_NOISE_FIELDS, check_label_noise, flip_labels
 from mpdistil.losses import hard_loss
 from mpdistil.phases import Row, TrainingPhase, register_phase
 
@@ -21,7 +25,8 @@ class TeacherPhase(TrainingPhase):
     row = Row("teacher", "teacher")
     trains = ("teacher",)
     cache = "teachers"
-    fields = ("model.teacher", "method.teacher_epochs", "method.teacher_lr", "method.authors_no_dropout")
+    fields = ("model.teacher", "method.teacher_epochs", "method.teacher_lr",
+              "method.authors_no_dropout") + LABEL_NOISE_FIELDS
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -30,12 +35,22 @@ class TeacherPhase(TrainingPhase):
             raise ConfigError(f"method.teacher_epochs={m.teacher_epochs} must be a positive integer")
         if m.teacher_lr <= 0:
             raise ConfigError(f"method.teacher_lr={m.teacher_lr} must be > 0")
+        check_label_noise(cfg)
 
     def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.teacher_epochs
 
     def start(self, ctx: RunContext) -> None:
         self.opt = ctx.rt.optimizer(ctx.teacher.parameters(), ctx.cfg.method.teacher_lr)
+        self.labels: Optional[torch.Tensor] = None  # the noisy train' labels; None: the true ones
+        self.noise: dict[str, Any] = {}
+        m = ctx.cfg.method
+        if m.teacher_noise == "label_flip":
+            split = ctx.splits["train"]
+            classes = split.num_choices or ctx.task.num_outputs
+            self.labels, flipped = flip_labels(split.labels, m.teacher_noise_rate, classes, ctx.generator(9))
+            self.noise = {"kind": "label_flip", "rate": m.teacher_noise_rate, "flipped": int(flipped.numel()),
+                          "of": len(split), "flipped_indices": flipped.tolist()}
 
     def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         teacher, rt = ctx.teacher, ctx.rt
@@ -46,11 +61,13 @@ class TeacherPhase(TrainingPhase):
         for batch in tqdm(batches, desc=f"teacher {epoch + 1}", disable=not rt.progress, leave=False):
             with rt.autocast():
                 out = teacher(**model_inputs(batch))
-            loss = hard_loss(out.logits, batch["labels"], ctx.task.kind)
+            labels = batch["labels"] if self.labels is None else self.labels[batch["index"].cpu()].to(rt.device)
+            loss = hard_loss(out.logits, labels, ctx.task.kind)
             rt.step(loss, self.opt, "teacher")
             total, n = total + float(loss.detach()), n + 1
         return self.end_epoch(ctx, teacher, epoch, {"loss": total}, n)
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(ctx.teacher)
-        return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history}
+        return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
+                **({"teacher_noise": self.noise} if self.noise else {})}
