@@ -295,6 +295,47 @@ def test_logit_noise_is_fixed_per_example_across_epochs(tmp_path: Path, monkeypa
     assert "teacher_noise" not in out["phases"]["undistilled"]
 
 
+def test_multiple_choice_with_the_meta_teachers_targets(tmp_path: Path, superglue: Path) -> None:
+    """COPA scores choices, and from the second epoch on T' gives the targets that are ranked and made noisy."""
+    out = run_cfg(tmp_path / "run", "task=copa", f"data_dir={superglue}", "method=mpdistil",
+                  "method.curriculum_tasks=[]", "method.student_epochs=2", "method.frontier_filter=kl_quantile",
+                  "method.frontier_keep=0.7", "method.frontier_warmup=0", "method.teacher_noise=logit_gauss")
+    record = out["phases"]["distill"]
+    n = record["frontier"]["epochs"][0]["n"]
+    assert [(e["epoch"], e["count"]) for e in record["frontier"]["epochs"]] == [(0, round(0.3 * n)),
+                                                                                (1, round(0.3 * n))]
+    assert record["teacher_noise"]["entries"] == 2 * n  # one noisy logit per choice
+
+
+class _Killed(Exception):
+    """Stands for a kill right after a checkpoint."""
+
+
+def test_a_run_resumed_between_filtered_epochs_ends_as_an_uninterrupted_one(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpdistil import groups
+
+    args = [*custom_task(tmp_path), "method=kd", "method.student_epochs=3", "method.frontier_filter=kl_quantile",
+            "method.frontier_keep=0.5", "method.frontier_warmup=1", "trainer.reuse_cache=false"]
+    whole = run_cfg(tmp_path / "whole", *args)
+
+    def kill(where: str) -> None:
+        if where == "distill:1":
+            raise _Killed
+
+    with monkeypatch.context() as mp:
+        mp.setattr(groups, "kill_point", kill)
+        with pytest.raises(_Killed):
+            run_cfg(tmp_path / "resumed", *args)
+    assert (tmp_path / "resumed" / "checkpoint" / "meta.json").is_file()
+    resumed = run_cfg(tmp_path / "resumed", *args)
+    strip = lambda r: {k: v for k, v in r["phases"]["distill"].items() if k not in ("cached", "cache")}  # noqa: E731
+    assert [e["epoch"] for e in resumed["phases"]["distill"]["frontier"]["epochs"]] == [1, 2]
+    assert strip(resumed) == strip(whole)
+    a, b = student_weights(tmp_path / "whole"), student_weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # 5. Config checks ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("overrides", "needle"), [
