@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from mpdistil.config import ConfigError
 from mpdistil.losses import kl_soft_loss_per_example
 
-# The settings a distilled student depends on (phase 2) and those the teacher depends on (phase 1).
-FRONTIER_FIELDS = ("method.frontier_filter", "method.frontier_keep", "method.frontier_warmup",
-                   "method.frontier_mode", "method.teacher_noise", "method.teacher_noise_scale")
+# The settings of phase 2's soft term (a distilled student depends on them) and of the teacher's labels (phase 1).
+SOFT_TERM_FIELDS = ("method.frontier_filter", "method.frontier_keep", "method.frontier_warmup",
+                    "method.frontier_mode", "method.teacher_noise", "method.teacher_noise_scale")
 LABEL_NOISE_FIELDS = ("method.teacher_noise", "method.teacher_noise_rate")
 
 

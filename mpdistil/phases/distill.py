@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
-from mpdistil.frontier import FRONTIER_FIELDS, FrontierLog, check_frontier, filter_epoch, logit_noise
+from mpdistil.frontier import SOFT_TERM_FIELDS, FrontierLog, check_frontier, filter_epoch, logit_noise
 from mpdistil.losses import distillation_loss, layer_map
 from mpdistil.phases import (
     STUDENT_FIELDS,
@@ -48,7 +48,7 @@ class DistillPhase(TrainingPhase):
     reads = ("teacher", "student", "meta_teacher")
     cache = "students"
     fields = STUDENT_FIELDS + ("method.alpha", "method.beta", "method.temperature", "method.soft_loss",
-                               "method.layer_map", "method.meta_input") + FRONTIER_FIELDS
+                               "method.layer_map", "method.meta_input") + SOFT_TERM_FIELDS
     distilled = True
     salt = 2
 
