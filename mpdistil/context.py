@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mpdistil.data.encode import EncodedSplit
+from mpdistil.data.encode import EncodedSplit, collate, to_device
 from mpdistil.loggers import Logger
 from mpdistil.losses import layer_map
 from mpdistil.metrics.task_metrics import compute_metrics
@@ -48,7 +48,7 @@ class RunContext:
     cache_dir: Path
     logger: Logger
     task: TaskInfo
-    splits: dict[str, EncodedSplit]  # "train", "quiz", dev split names, "test..." split names
+    splits: dict[str, EncodedSplit]  # "train", "quiz", dev split names, "test..." split names: the student's encoding
     dev_names: list[str]
     teacher: Agent
     student: Agent
@@ -68,6 +68,26 @@ class RunContext:
     # the optimizer training each agent while its group runs, by agent name (an Adam pilot continues its moments)
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    # the teacher's encoding of ``splits`` when its tokenizer differs from the student's (None: it reads ``splits``)
+    teacher_view: Optional[dict[str, EncodedSplit]] = None
+    tokenizers: dict[str, Any] = field(default_factory=dict)  # "teacher", "student": one object when shared
+
+    @property
+    def teacher_splits(self) -> dict[str, EncodedSplit]:
+        """The splits as the teacher's tokenizer encodes them: the same examples in the same order as ``splits``."""
+        return self.splits if self.teacher_view is None else self.teacher_view
+
+    def splits_for(self, agent: nn.Module) -> dict[str, EncodedSplit]:
+        """The encoding ``agent`` reads: the teacher's for the teacher and its copies, else the student's."""
+        return self.teacher_splits if getattr(agent, "view", "student") == "teacher" else self.splits
+
+    def teacher_batch(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
+        """The teacher's encoding of the examples of a (student's) batch of ``split``, matched by index; the batch
+        itself when both read one encoding."""
+        if self.teacher_view is None:
+            return batch
+        view = self.teacher_view[split]
+        return to_device(collate(view, batch["index"].cpu().tolist(), view.pad_id), self.rt.device)
 
     @property
     def selection_split(self) -> Optional[str]:
@@ -111,7 +131,7 @@ class RunContext:
         return float(metrics[self.task.main_metric])
 
     def evaluate(self, agent: nn.Module, split: str) -> dict[str, float]:
-        out = predict(agent, self.splits[split], self.rt)
+        out = predict(agent, self.splits_for(agent)[split], self.rt)
         return self.metrics_from_logits(out["logits"], split)
 
     def metrics_from_logits(self, logits: torch.Tensor, split: str) -> dict[str, float]:
@@ -123,9 +143,14 @@ class RunContext:
         return [t for _, t in layer_map(self.student.num_layers, self.teacher.num_layers, self.cfg.method.layer_map)]
 
     def teacher_cache(self, split: str) -> dict[str, torch.Tensor]:
-        """Frozen-teacher outputs for a split, computed once per run (the teacher never changes after phase 1)."""
+        """Frozen-teacher outputs for a split, computed once per run (the teacher never changes after phase 1), on
+        the teacher's encoding, in example order: row i belongs to example i of the student's split too."""
         if split not in self.teacher_outputs or not self.cfg.trainer.cache_teacher_outputs:
-            self.teacher_outputs[split] = teacher_outputs(self.teacher, self.splits[split], self.rt,
+            view = self.teacher_splits[split]
+            if len(view) != len(self.splits[split]):
+                raise RuntimeError(f"the teacher's encoding of {split} has {len(view)} examples, the student's "
+                                   f"{len(self.splits[split])}: teacher outputs would not align by index")
+            self.teacher_outputs[split] = teacher_outputs(self.teacher, view, self.rt,
                                                           self.mapped_teacher_layers() if self.cfg.method.beta > 0
                                                           else [])
         return self.teacher_outputs[split]
@@ -161,12 +186,13 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path) -> RunCon
 
     from mpdistil.atomic import write_json
     from mpdistil.loggers import build_logger
-    from mpdistil.models.agent import build_agents
+    from mpdistil.models.agent import build_agents, check_pkd_widths
     from mpdistil.training import resolve_device
 
     info, t = data.task, cfg.trainer
     teacher, student, sources = build_agents(cfg.model, info.name, info.kind, info.num_outputs, info.label_names,
                                              cfg.seed, cache_dir)
+    check_pkd_widths(teacher, student, cfg.method.beta, cfg.method.pkd_projection)
     rt = Runtime(resolve_device(t.device), t.precision, t.grad_clip, t.weight_decay, t.eval_batch_size, data.pad_id,
                  t.progress, bucket=t.length_bucket, max_padding=t.eval_max_padding)
     teacher.to(rt.device)
@@ -177,7 +203,7 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path) -> RunCon
     ctx = RunContext(cfg=cfg, rt=rt, out_dir=out_dir, cache_dir=cache_dir, logger=logger, task=info,
                      splits=data.splits, dev_names=data.dev_names, teacher=teacher, student=student,
                      initial_student_state={k: v.detach().clone() for k, v in student.state_dict().items()},
-                     aux=data.aux, sources=sources)
+                     aux=data.aux, sources=sources, teacher_view=data.teacher_splits, tokenizers=data.tokenizers)
     ctx.data_hash = data.training_hash(ctx.selection_split)
     return ctx
 
@@ -201,7 +227,7 @@ def teacher_outputs(teacher: Agent, split: EncodedSplit, rt: Runtime, layers: li
                       "last_cls": out.cls.float().view(b, -1, out.cls.shape[-1]).cpu()}
             if layers:
                 values["cls"] = torch.stack([out.cls_states[layer - 1].float() for layer in layers], 1).view(
-                    b, -1, len(layers), out.pooled.shape[-1]).cpu()
+                    b, -1, len(layers), out.cls_states[0].shape[-1]).cpu()
             for key, val in values.items():
                 if store[key] is None:
                     store[key] = torch.zeros((n,) + tuple(val.shape[1:]))

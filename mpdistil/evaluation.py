@@ -13,8 +13,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from mpdistil.data.encode import EncodedSplit, collate
-from mpdistil.metrics.attribution import mean_attribution_similarity
+from mpdistil.data.encode import EncodedSplit, collate, to_device, token_words
+from mpdistil.metrics.attribution import mean_attribution_similarity, mean_word_attribution_similarity
 from mpdistil.metrics.fidelity import classification_fidelity, regression_fidelity, reliability_bins
 from mpdistil.metrics.task_metrics import compute_metrics
 from mpdistil.phases import Phase
@@ -51,19 +51,61 @@ def flip_rows(split: EncodedSplit, teacher: torch.Tensor, student: torch.Tensor,
     return rows
 
 
+def paired_attributions(teacher: torch.nn.Module, student: torch.nn.Module, teacher_split: EncodedSplit,
+                        student_split: EncodedSplit, idx: list[int], device: torch.device, method: str, steps: int,
+                        top_k: int, tokenizers: tuple[Any, Any] = (None, None), max_length: int = 128,
+                        pad_id: int = 0) -> dict[str, Any]:
+    """Attribution similarity of ``student`` to ``teacher`` (HF classifiers) on the examples ``idx`` of a split.
+
+    One encoding (``teacher_split is student_split``): token by token. Two encodings of the same examples (different
+    tokenizers): each model's token attributions are summed over the whitespace-separated words of the text and
+    compared word by word (``attr_unit: word``); ``tokenizers`` (teacher's, student's) find each token's word. A
+    tokenizer that cannot give them (no character offsets), or no longer encodes the text as the split holds it,
+    leaves the measure out with the reason (``attr_skipped``).
+    """
+    def batch_of(split: EncodedSplit) -> dict[str, Any]:
+        return to_device(collate(split, idx, pad_id if split.pad_id is None else split.pad_id), device)
+
+    if teacher_split is student_split:
+        batch = batch_of(student_split)
+        return mean_attribution_similarity(teacher, student, batch["input_ids"], batch["attention_mask"],
+                                           batch.get("token_type_ids"), method=method, steps=steps, top_k=top_k)
+    pair = any(len(ex.texts) > 1 for ex in student_split.examples)
+    words: dict[str, torch.Tensor] = {}
+    sides = (("teacher", teacher_split, tokenizers[0]), ("student", student_split, tokenizers[1]))
+    for side, split, tokenizer in sides:
+        rows = []
+        for i in idx:
+            found = token_words(tokenizer, split.examples[i].texts, max_length, pair) if tokenizer is not None else None
+            if found is None:
+                return {"attr_skipped": f"teacher and student read different tokenizers and the {side}'s "
+                                        f"({type(tokenizer).__name__}) gives no character offsets, so its token "
+                                        "attributions cannot be summed into the words they are compared on"}
+            if found[0] != list(split.input_ids[i]):
+                return {"attr_skipped": f"the {side}'s tokenizer does not encode {split.task}/{split.name} example "
+                                        f"{i} as the run read it, so its tokens cannot be matched to words"}
+            rows.append(found[1])
+        width = max(len(r) for r in rows)
+        words[side] = torch.tensor([r + [-1] * (width - len(r)) for r in rows])
+    inputs = {side: {k: v for k, v in batch_of(split).items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+              for side, split in (("teacher", teacher_split), ("student", student_split))}
+    report = mean_word_attribution_similarity(teacher, inputs["teacher"], words["teacher"], student, inputs["student"],
+                                              words["student"], method=method, steps=steps, top_k=top_k)
+    return {**report, "attr_unit": "word"}
+
+
 def attribution_report(ctx: Any, student: torch.nn.Module, split_name: str) -> dict[str, Any]:
-    """Token-attribution similarity of student and teacher on a seeded sample of one split."""
+    """Attribution similarity of student and teacher on a seeded sample of one split (:func:`paired_attributions`)."""
     ev = ctx.cfg.eval
     split = ctx.splits[split_name]
     if ev.attribution == "none" or split.kind == "multiple_choice" or len(split) == 0:
         return {}
     g = torch.Generator().manual_seed(int(ctx.cfg.seed))
     idx = torch.randperm(len(split), generator=g)[: ev.attribution_examples].tolist()
-    batch = {k: v.to(ctx.rt.device) if torch.is_tensor(v) else v
-             for k, v in collate(split, idx, ctx.rt.pad_id).items()}
-    report = mean_attribution_similarity(
-        ctx.teacher.hf, student.hf, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-        method=ev.attribution, steps=ev.ig_steps, top_k=ev.top_k)
+    report = paired_attributions(ctx.teacher.hf, student.hf, ctx.teacher_splits[split_name], split, idx, ctx.rt.device,
+                                 ev.attribution, ev.ig_steps, ev.top_k,
+                                 (ctx.tokenizers.get("teacher"), ctx.tokenizers.get("student")),
+                                 ctx.cfg.task.max_length, ctx.rt.pad_id)
     return {**report, "attr_method": ev.attribution, "attr_split": split_name}
 
 
@@ -131,9 +173,10 @@ def evaluate_row(ctx: Any, phase: Phase, splits: list[str]) -> dict[str, Any]:
     first = ctx.dev_names[0] if ctx.dev_names[0] in splits else splits[0]
     attr = attribution_report(ctx, agent, first)
     if attr:
-        per_example = attr.pop("attr_spearman_per_example")
+        per_example = attr.pop("attr_spearman_per_example", None)
         vs_teacher[first].update(attr)
-        plot = histogram_plot(ctx.out_dir / f"attribution_{row}.png", per_example, f"{row} vs teacher ({first})")
+        plot = histogram_plot(ctx.out_dir / f"attribution_{row}.png", per_example, f"{row} vs teacher ({first})") \
+            if per_example is not None else None
         if plot:
             ctx.logger.image(f"fidelity_{row}/attribution_hist", plot)
     fidelity[f"{row}_vs_teacher"] = vs_teacher
@@ -153,15 +196,18 @@ def evaluate_row(ctx: Any, phase: Phase, splits: list[str]) -> dict[str, Any]:
 
 
 def evaluate_ood(ctx: Any, agents: dict[str, torch.nn.Module], ood: dict[str, EncodedSplit],
-                 in_domain: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """Each final agent on other tasks with the same label scheme, and its in-domain minus OOD gap."""
+                 in_domain: dict[str, dict[str, dict[str, float]]],
+                 teacher_ood: Optional[dict[str, EncodedSplit]] = None) -> dict[str, Any]:
+    """Each final agent on other tasks with the same label scheme, and its in-domain minus OOD gap. ``teacher_ood``:
+    the teacher's encoding of the same tasks, read by the teacher when its tokenizer differs from the student's."""
     out: dict[str, Any] = {}
     main = ctx.task.main_metric
     home = ctx.dev_names[0]
     for task, split in ood.items():
         per_agent = {}
         for row, agent in agents.items():
-            preds = predictions_from_logits(predict(agent, split, ctx.rt)["logits"], ctx.task.kind)
+            own = teacher_ood[task] if teacher_ood is not None and getattr(agent, "view", "") == "teacher" else split
+            preds = predictions_from_logits(predict(agent, own, ctx.rt)["logits"], ctx.task.kind)
             m = compute_metrics(ctx.task.metrics, preds.numpy(), split.labels.numpy())
             gap = in_domain.get(row, {}).get(home, {}).get(main)
             per_agent[row] = {**m, "gap": (gap - m[main]) if gap is not None else None}

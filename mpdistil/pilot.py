@@ -93,7 +93,7 @@ def pilot_gradient(ctx: Any, meta_params: list[torch.Tensor],
         out = forward(**model_inputs(batch), output_hidden=bool(pairs))
         student_cls = teacher_states = None
         if pairs:
-            student_cls = [out.cls_states[s - 1] for s, _ in pairs]
+            student_cls = [out.pkd_states[s - 1] for s, _ in pairs]
             teacher_states = teacher_cls(batch)
         loss, _ = distillation_loss(out.logits, soft_targets(batch), batch["labels"], kind, m.alpha,
                                     m.temperature, m.soft_loss, beta, student_cls, teacher_states)

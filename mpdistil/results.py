@@ -15,7 +15,6 @@ from mpdistil.context import RunContext
 from mpdistil.data.leaderboard import write_test_predictions
 from mpdistil.data.registry import get_task_spec
 from mpdistil.models.agent import count_parameters
-from mpdistil.models.loading import load_tokenizer, resolve_model_source
 from mpdistil.phases import PHASES, Phase
 from mpdistil.training import predict, predictions_from_logits
 
@@ -54,8 +53,8 @@ def finish(ctx: RunContext, data: Any, timings: dict[str, float], start: float) 
     from mpdistil.evaluation import evaluate_ood
 
     final = final_rows(ctx)
-    ood = evaluate_ood(ctx, {row: phase.row_agent(ctx) for row, phase in final.items()}, data.ood, ctx.rows) \
-        if data.ood else {}
+    ood = evaluate_ood(ctx, {row: phase.row_agent(ctx) for row, phase in final.items()}, data.ood, ctx.rows,
+                       data.teacher_ood) if data.ood else {}
     final_row = final_student(ctx)
     outputs = export(ctx, final[final_row].row_agent(ctx) if final_row in final else ctx.student)
     timings["total"] = time.perf_counter() - start
@@ -136,14 +135,13 @@ def _fmt(value: Any) -> str:
 
 
 def export(ctx: RunContext, student: torch.nn.Module) -> dict[str, Any]:
-    """The final student as an HF folder (with tokenizer) and test predictions in leaderboard format."""
+    """The final student as an HF folder (with the tokenizer it reads) and test predictions in leaderboard format."""
     outputs: dict[str, Any] = {}
-    tokenizer = load_tokenizer(resolve_model_source(ctx.cfg.model.tokenizer or ctx.cfg.model.teacher, ctx.cache_dir)[0])
     for name, agent, wanted in (("student", student, ctx.cfg.trainer.save_student),
                                 ("teacher", ctx.teacher, ctx.cfg.trainer.save_teacher)):
         if wanted:
             agent.hf.save_pretrained(ctx.out_dir / name)
-            tokenizer.save_pretrained(ctx.out_dir / name)
+            ctx.tokenizers[name].save_pretrained(ctx.out_dir / name)
             outputs[name] = str(ctx.out_dir / name)
     if ctx.cfg.eval.write_test_predictions:
         spec = get_task_spec(ctx.task.name, ctx.cfg.task)

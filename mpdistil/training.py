@@ -86,7 +86,8 @@ class Runtime:
 
     def batches(self, split: EncodedSplit, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None):
-        return iterate(split, batch_size, self.pad_id, shuffle=shuffle, generator=generator, device=self.device,
+        pad_id = self.pad_id if split.pad_id is None else split.pad_id  # a teacher's own encoding pads with its id
+        return iterate(split, batch_size, pad_id, shuffle=shuffle, generator=generator, device=self.device,
                        bucket=self.bucket, max_padding=self.max_padding)
 
 

@@ -1,7 +1,9 @@
 """Tokenised splits, cached by content hash, and a collator that pads each batch to its own length."""
 from __future__ import annotations
 
+import bisect
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -26,6 +28,9 @@ class EncodedSplit:
     token_type_ids: Optional[list[Any]]
     labels: Optional[torch.Tensor]
     examples: list[Example] = field(repr=False, default_factory=list)
+    # the padding id of the tokenizer that encoded it (None: the runtime's); a teacher and a student with different
+    # tokenizers read splits padded with different ids
+    pad_id: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -56,12 +61,14 @@ def _tokenized_identity(tokenizer: PreTrainedTokenizerBase, max_length: int,
     return identity("tokenized", {"tokenizer": tok, "task.max_length": max_length}, texts)
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Sequence[str]], max_length: int) -> dict:
+def _tokenize(tokenizer: PreTrainedTokenizerBase, segments: Sequence[Sequence[str]], max_length: int,
+              **kwargs: Any) -> Any:
     firsts = [s[0] for s in segments]
     seconds = [s[1] if len(s) > 1 else None for s in segments]
     if all(s is None for s in seconds):
-        return tokenizer(firsts, truncation=True, max_length=max_length)
-    return tokenizer(firsts, [s or "" for s in seconds], truncation="longest_first", max_length=max_length)
+        return tokenizer(firsts, truncation=True, max_length=max_length, **kwargs)
+    return tokenizer(firsts, [s or "" for s in seconds], truncation="longest_first", max_length=max_length,
+                     **kwargs)
 
 
 def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], task: str, name: str,
@@ -84,7 +91,33 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Examp
                 if blob is None:
                     blob = _encode(tokenizer, examples, kind, max_length)
                     torch_save({**blob, "identity": key}, cache_file)
-    return EncodedSplit(task, name, kind, blob["input_ids"], blob["token_type_ids"], blob["labels"], list(examples))
+    return EncodedSplit(task, name, kind, blob["input_ids"], blob["token_type_ids"], blob["labels"], list(examples),
+                        tokenizer.pad_token_id or 0)
+
+
+def token_words(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
+                pair: bool) -> Optional[tuple[list[int], list[int]]]:
+    """One example encoded as :func:`encode_examples` encodes it, with the word of its text each token lies in.
+
+    Words are the whitespace-separated words of the segments, numbered across them; a special token gets -1. Two
+    models with different tokenizers cut the same words into different tokens, so their per-token attributions
+    meet on words. ``pair``: the split was encoded as text pairs (a missing second text as ""). Returns (token ids,
+    word per token), or None for a tokenizer without character offsets (a slow tokenizer).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    segments = (texts[0], texts[1] if len(texts) > 1 else "") if pair else (texts[0],)
+    enc = _tokenize(tokenizer, [segments], max_length, return_offsets_mapping=True)
+    spans = [[m.span() for m in re.finditer(r"\S+", seg)] for seg in segments]
+    starts = [[a for a, _ in seg] for seg in spans]
+    first_word = [sum(len(seg) for seg in spans[:i]) for i in range(len(spans))]
+    words = []
+    for seq, (start, end) in zip(enc.sequence_ids(0), enc["offset_mapping"][0]):
+        text = segments[seq] if seq is not None else ""
+        pos = next((c for c in range(start, end) if not text[c].isspace()), None)
+        j = bisect.bisect_right(starts[seq], pos) - 1 if pos is not None else -1
+        words.append(first_word[seq] + j if j >= 0 and pos < spans[seq][j][1] else -1)
+    return list(enc["input_ids"][0]), words
 
 
 def _read_cache(path: Path, key: dict[str, Any]) -> Optional[dict[str, Any]]:

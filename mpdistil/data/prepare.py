@@ -1,5 +1,11 @@
 """The data of one run: the main task's splits (train′/quiz 9:1, dev, test), the curriculum's other tasks and
-the out-of-domain tasks, tokenised, with the train′/quiz indices saved beside the run."""
+the out-of-domain tasks, tokenised, with the train′/quiz indices saved beside the run.
+
+Each model reads its own tokenizer's encoding. When the teacher and the student tokenise alike (or
+``model.tokenizer`` names one tokenizer for both) every split is encoded once; otherwise the main task's splits
+and the out-of-domain tasks are encoded twice, a teacher view and a student view of the same examples in the same
+order, and teacher outputs are looked up by example index. The curriculum's other tasks are read by the student
+only."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,52 +29,97 @@ from mpdistil.data.splits import (
 )
 from mpdistil.data.types import MissingTaskFiles, TaskData
 from mpdistil.identity import fingerprint
-from mpdistil.models.loading import check_same_tokenizer, load_tokenizer, resolve_model_source
+from mpdistil.models.loading import load_tokenizer, resolve_model_source, same_tokenizer
 
 
 @dataclass
 class RunData:
     task: TaskInfo
-    splits: dict[str, EncodedSplit]  # "train", "quiz", dev split names, test split names
+    splits: dict[str, EncodedSplit]  # the student's encoding: "train", "quiz", dev split names, test split names
     dev_names: list[str]
     aux: dict[str, AuxTask] = field(default_factory=dict)
     ood: dict[str, EncodedSplit] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # source, sizes, partners left out (for results.json)
-    pad_id: int = 0
+    pad_id: int = 0  # the student's tokenizer's
+    # the teacher's encoding of the same splits and out-of-domain tasks when its tokenizer differs (None: it reads
+    # ``splits`` and ``ood``)
+    teacher_splits: Optional[dict[str, EncodedSplit]] = None
+    teacher_ood: Optional[dict[str, EncodedSplit]] = None
+    tokenizers: dict[str, Any] = field(default_factory=dict)  # "teacher", "student": one object when shared
 
     def fingerprint(self) -> str:
         """Content of every tokenised split the run reads: a changed data file changes it."""
         every = {**self.splits, **{f"aux/{k}": a.quiz for k, a in self.aux.items()},
-                 **{f"ood/{k}": v for k, v in self.ood.items()}}
+                 **{f"ood/{k}": v for k, v in self.ood.items()},
+                 **{f"teacher/{k}": v for k, v in (self.teacher_splits or {}).items()},
+                 **{f"teacher/ood/{k}": v for k, v in (self.teacher_ood or {}).items()}}
         return fingerprint({name: split_fingerprint(split) for name, split in sorted(every.items())})
 
     def training_hash(self, selection: Optional[str]) -> str:
-        """Content of the splits that agents are trained and selected on (part of every cached agent's identity)."""
+        """Content of the splits that agents are trained and selected on (part of every cached agent's identity),
+        in both encodings when teacher and student read different ones."""
         names = ["train", "quiz"] + ([selection] if selection else [])
-        return fingerprint({name: split_fingerprint(self.splits[name]) for name in names})
+        parts = {name: split_fingerprint(self.splits[name]) for name in names}
+        if self.teacher_splits is not None:
+            parts.update({f"teacher/{name}": split_fingerprint(self.teacher_splits[name]) for name in names})
+        return fingerprint(parts)
 
 
-def run_tokenizer(cfg: Any) -> Any:
-    """The tokenizer every model of the run shares (the teacher's unless model.tokenizer names one)."""
-    tokenizer = load_tokenizer(resolve_model_source(cfg.model.tokenizer or cfg.model.teacher, cfg.cache_dir)[0])
-    if cfg.model.student:
-        check_same_tokenizer(tokenizer, load_tokenizer(resolve_model_source(cfg.model.student, cfg.cache_dir)[0]),
-                             (cfg.model.teacher, cfg.model.student))
-    return tokenizer
+def run_tokenizers(cfg: Any) -> tuple[Any, Any]:
+    """The teacher's and the student's tokenizers: one object when they encode alike.
+
+    ``model.tokenizer`` names one tokenizer that both models read (their own are then not loaded). Otherwise each
+    model reads its own: the teacher's checkpoint's, and the student's (``model.student``; a student cut from the
+    teacher's first layers has the teacher's)."""
+    def load(name: str) -> Any:
+        return load_tokenizer(resolve_model_source(name, cfg.cache_dir)[0])
+
+    if cfg.model.tokenizer:
+        shared = load(cfg.model.tokenizer)
+        return shared, shared
+    teacher = load(cfg.model.teacher)
+    if not cfg.model.student:
+        return teacher, teacher
+    student = load(cfg.model.student)
+    return (teacher, teacher) if same_tokenizer(teacher, student) else (teacher, student)
 
 
 def prepare_data(cfg: Any, out_dir: Path, cache_dir: Path, aux_tasks: list[str]) -> RunData:
     """The main task (split and tokenised), the curriculum's ``aux_tasks`` and the out-of-domain tasks."""
     data_dir = cfg.data_dir
-    tokenizer = run_tokenizer(cfg)
-    info, splits, dev_names, data_info = prepare_main_task(cfg, data_dir, cache_dir, out_dir, tokenizer)
+    tokenizers = run_tokenizers(cfg)
+    info, splits, teacher_splits, dev_names, data_info = prepare_main_task(cfg, data_dir, cache_dir, out_dir,
+                                                                           tokenizers)
     skipped: dict[str, str] = {}
-    aux = prepare_aux_tasks(cfg, aux_tasks, data_dir, cache_dir, tokenizer,
+    aux = prepare_aux_tasks(cfg, aux_tasks, data_dir, cache_dir, tokenizers[1],
                             skipped if partners_by_default(cfg) else None) if aux_tasks else {}
     if skipped:
         data_info["curriculum_tasks_left_out"] = skipped
-    ood = prepare_ood(cfg, data_dir, cache_dir, tokenizer, info) if cfg.eval.ood_tasks else {}
-    return RunData(info, splits, dev_names, aux, ood, data_info, tokenizer.pad_token_id or 0)
+    ood, teacher_ood = prepare_ood(cfg, data_dir, cache_dir, tokenizers, info) if cfg.eval.ood_tasks else ({}, None)
+    if teacher_splits is not None:
+        data_info["tokenizers"] = {"teacher": tokenizers[0].name_or_path, "student": tokenizers[1].name_or_path,
+                                   "note": "different: each model reads its own encoding of every split"}
+    return RunData(info, splits, dev_names, aux, ood, data_info, tokenizers[1].pad_token_id or 0, teacher_splits,
+                   teacher_ood, {"teacher": tokenizers[0], "student": tokenizers[1]})
+
+
+def check_aligned(student: EncodedSplit, teacher: EncodedSplit) -> None:
+    """Teacher outputs are looked up by example index: both encodings must hold the same examples in the same order."""
+    if len(student) != len(teacher) or student.examples != teacher.examples:
+        raise RuntimeError(f"the teacher's and the student's encodings of {student.task}/{student.name} hold "
+                           f"different examples ({len(teacher)} and {len(student)}); they must be the same, in order")
+
+
+def encode_views(tokenizers: tuple[Any, Any], examples: list, task: str, name: str, kind: str, max_length: int,
+                 cache_dir: Path) -> tuple[EncodedSplit, Optional[EncodedSplit]]:
+    """The student's encoding of a split and, if the teacher's tokenizer is another, the teacher's (else None)."""
+    teacher_tok, student_tok = tokenizers
+    student = encode_examples(student_tok, examples, task, name, kind, max_length, cache_dir)
+    if teacher_tok is student_tok:
+        return student, None
+    teacher = encode_examples(teacher_tok, examples, task, name, kind, max_length, cache_dir)
+    check_aligned(student, teacher)
+    return student, teacher
 
 
 def task_info(data: TaskData, task_cfg: Any) -> TaskInfo:
@@ -80,10 +131,12 @@ def _labels(examples: list) -> Optional[np.ndarray]:
     return np.array([ex.label for ex in examples]) if examples else None
 
 
-def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_dir: Path, tokenizer: Any
-                      ) -> tuple[TaskInfo, dict[str, EncodedSplit], list[str], dict[str, Any]]:
+def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_dir: Path, tokenizers: tuple[Any, Any]
+                      ) -> tuple[TaskInfo, dict[str, EncodedSplit], Optional[dict[str, EncodedSplit]], list[str],
+                                 dict[str, Any]]:
     """Load the task, subsample if asked, split the official train file into train′ and quiz (9:1), or into
-    train′, quiz and a held-out selection slice (``trainer.selection_split=heldout``), tokenise every split."""
+    train′, quiz and a held-out selection slice (``trainer.selection_split=heldout``), tokenise every split: the
+    student's encoding, and the teacher's when its tokenizer is another (else None)."""
     data = load_task(cfg.task, data_dir, cache_dir)
     info = task_info(data, cfg.task)
     train_idx_all = np.arange(len(data.train))
@@ -108,16 +161,19 @@ def prepare_main_task(cfg: Any, data_dir: Optional[str], cache_dir: Path, out_di
         "selection_split": cfg.trainer.selection_split,
         "note": "row indices into the official train file, in file order",
         **{name: idx.tolist() for name, idx in index.items()}, "label_names": info.label_names})
-    enc = lambda exs, name: encode_examples(tokenizer, exs, info.name, name, info.kind,  # noqa: E731
-                                            cfg.task.max_length, cache_dir)
-    splits = {name: enc([data.train[i] for i in idx], name) for name, idx in index.items()}
+    views = {name: [data.train[i] for i in idx] for name, idx in index.items()}
     dev_names = list(data.dev)
     for name, exs in list(data.dev.items()) + list(data.test.items()):
         if cfg.task.max_eval_examples and name in data.dev:
             exs = subsample(exs, cfg.task.max_eval_examples, cfg.seed)
         if exs:
-            splits[name] = enc(exs, name)
-    return info, splits, dev_names, {"source": data.source, "sizes": {k: len(v) for k, v in splits.items()}}
+            views[name] = exs
+    encoded = {name: encode_views(tokenizers, exs, info.name, name, info.kind, cfg.task.max_length, cache_dir)
+               for name, exs in views.items()}
+    splits = {name: student for name, (student, _) in encoded.items()}
+    teacher_splits = None if tokenizers[0] is tokenizers[1] else {name: t for name, (_, t) in encoded.items()}
+    return info, splits, teacher_splits, dev_names, {"source": data.source,
+                                                     "sizes": {k: len(v) for k, v in splits.items()}}
 
 
 def partners_by_default(cfg: Any) -> bool:
@@ -154,10 +210,12 @@ def prepare_aux_tasks(cfg: Any, names: list[str], data_dir: Optional[str], cache
     return aux
 
 
-def prepare_ood(cfg: Any, data_dir: Optional[str], cache_dir: Path, tokenizer: Any,
-                info: TaskInfo) -> dict[str, EncodedSplit]:
-    """Other tasks with the main task's label scheme, read through the main task's head."""
+def prepare_ood(cfg: Any, data_dir: Optional[str], cache_dir: Path, tokenizers: tuple[Any, Any],
+                info: TaskInfo) -> tuple[dict[str, EncodedSplit], Optional[dict[str, EncodedSplit]]]:
+    """Other tasks with the main task's label scheme, read through the main task's head: the student's encoding, and
+    the teacher's when its tokenizer is another (else None)."""
     out: dict[str, EncodedSplit] = {}
+    teacher_out: dict[str, EncodedSplit] = {}
     for name in cfg.eval.ood_tasks:
         tcfg = task_config_for(name, max_length=cfg.task.max_length, max_eval_examples=cfg.task.max_eval_examples)
         data = load_task(tcfg, data_dir, cache_dir)
@@ -167,7 +225,9 @@ def prepare_ood(cfg: Any, data_dir: Optional[str], cache_dir: Path, tokenizer: A
         dev_name, exs = next(iter(data.dev.items()))
         if cfg.task.max_eval_examples:
             exs = subsample(exs, cfg.task.max_eval_examples, cfg.seed)
-        out[name] = encode_examples(tokenizer, exs, name, dev_name, info.kind, cfg.task.max_length, cache_dir)
-    return out
+        out[name], teacher = encode_views(tokenizers, exs, name, dev_name, info.kind, cfg.task.max_length, cache_dir)
+        if teacher is not None:
+            teacher_out[name] = teacher
+    return out, (teacher_out if tokenizers[0] is not tokenizers[1] else None)
 
 

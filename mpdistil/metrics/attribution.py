@@ -6,7 +6,10 @@ module is our extension of that idea to classifiers, not the paper's definition:
 model's "rationale" for a decision is its per-token attribution (integrated gradients,
 or gradient x input as the cheap option), and fidelity is the rank correlation or top-k
 overlap between the teacher's and the student's attributions on the same tokens
-(teacher and student share a tokenizer, so positions align).
+(when teacher and student share a tokenizer, positions align). With different tokenizers
+the same text is cut into different tokens, so each model's token attributions are summed
+over the words of the text and the two are compared word by word
+(:func:`mean_word_attribution_similarity`).
 
 Works on any HuggingFace-style model that exposes ``get_input_embeddings()``, accepts
 ``inputs_embeds``, ``attention_mask`` and optional ``token_type_ids``, and returns an
@@ -23,7 +26,8 @@ from torch import nn
 
 from mpdistil.metrics.fidelity import _spearman
 
-__all__ = ["attributions", "attribution_similarity", "mean_attribution_similarity"]
+__all__ = ["attributions", "attribution_similarity", "mean_attribution_similarity", "mean_word_attribution_similarity",
+           "word_sums"]
 
 _METHODS = ("ig", "gxi")
 _BASELINES = ("pad", "zero")
@@ -267,6 +271,10 @@ def mean_attribution_similarity(
             sim = attribution_similarity(attr_a[i], attr_b[i], mask_cpu[i], top_k=top_k)
             rhos.append(sim["spearman"])
             overlaps.append(sim["topk_overlap"])
+    return _summary(rhos, overlaps, n)
+
+
+def _summary(rhos: list[float], overlaps: list[float], n: int) -> dict[str, Any]:
     finite = [r for r in rhos if np.isfinite(r)]
     finite_overlaps = [o for o in overlaps if np.isfinite(o)]
     return {
@@ -276,3 +284,64 @@ def mean_attribution_similarity(
         "attr_n_spearman": len(finite),
         "attr_spearman_per_example": rhos,
     }
+
+
+def word_sums(attr: torch.Tensor, words: torch.Tensor, n_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token attributions [L] summed per word (``words`` [L]: each token's word, -1 for none) into [n_words], and
+    which words have at least one token (a word cut off by truncation has none)."""
+    keep = words >= 0
+    index = words[keep].long()
+    sums = torch.zeros(n_words, dtype=attr.dtype).index_add_(0, index, attr[keep])
+    present = torch.zeros(n_words, dtype=torch.bool)
+    present[index] = True
+    return sums, present
+
+
+def mean_word_attribution_similarity(
+    model_a: nn.Module,
+    inputs_a: dict[str, torch.Tensor],
+    words_a: torch.Tensor,
+    model_b: nn.Module,
+    inputs_b: dict[str, torch.Tensor],
+    words_b: torch.Tensor,
+    target: torch.Tensor | None = None,
+    method: str = "ig",
+    steps: int = 16,
+    top_k: int = 5,
+    baseline: str = "pad",
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """:func:`mean_attribution_similarity` for two models that read the same examples through different
+    tokenizers.
+
+    ``inputs_a`` / ``inputs_b`` hold each model's encoding of the same examples in the same order (``input_ids``,
+    ``attention_mask``, optionally ``token_type_ids``) and ``words_a`` / ``words_b`` [B, L] the word of the
+    example's text each token lies in (-1 for special tokens and padding), numbered alike on both sides. Each
+    model's token attributions are summed per word and the two are compared over the words both models saw.
+    Both explain the same class: ``target`` defaults to ``model_a``'s prediction. Returns the same keys.
+    """
+    n = int(inputs_a["input_ids"].shape[0])
+    rhos: list[float] = []
+    overlaps: list[float] = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        part_a = {k: v[sl] for k, v in inputs_a.items()}
+        part_b = {k: v[sl] for k, v in inputs_b.items()}
+        if target is None:
+            tgt = _default_target(model_a, part_a["input_ids"], part_a["attention_mask"], part_a.get("token_type_ids"))
+        else:
+            tgt = torch.as_tensor(target)[sl]
+        common = dict(target=tgt, method=method, steps=steps, baseline=baseline)
+        attr_a = attributions(model_a, part_a["input_ids"], part_a["attention_mask"], part_a.get("token_type_ids"),
+                              **common).cpu()
+        attr_b = attributions(model_b, part_b["input_ids"], part_b["attention_mask"], part_b.get("token_type_ids"),
+                              **common).cpu()
+        for i in range(attr_a.shape[0]):
+            wa, wb = words_a[sl][i].cpu(), words_b[sl][i].cpu()
+            n_words = int(max(wa.max(), wb.max())) + 1
+            sum_a, seen_a = word_sums(attr_a[i], wa[: attr_a.shape[1]], n_words)
+            sum_b, seen_b = word_sums(attr_b[i], wb[: attr_b.shape[1]], n_words)
+            sim = attribution_similarity(sum_a, sum_b, seen_a & seen_b, top_k=top_k)
+            rhos.append(sim["spearman"])
+            overlaps.append(sim["topk_overlap"])
+    return _summary(rhos, overlaps, n)

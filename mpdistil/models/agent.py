@@ -32,6 +32,8 @@ class AgentOutput:
     pooled: torch.Tensor  # the vector the classifier reads, before dropout: [B(*choices), H]
     cls: Optional[torch.Tensor] = None  # last layer's [CLS] hidden state: [B(*choices), H]
     cls_states: Optional[tuple[torch.Tensor, ...]] = None  # [CLS] of each layer 1..L, [B(*choices), H]
+    # what PKD compares with the teacher's [CLS] states: cls_states, through the learned maps if the agent has them
+    pkd_states: Optional[tuple[torch.Tensor, ...]] = None
 
 
 def is_first_token_head(head: Any) -> bool:
@@ -54,7 +56,7 @@ class FirstTokenHead(nn.Module):
 class Agent(nn.Module):
     """An encoder with a head per task; forward takes keyword tensors so higher/func can call it."""
 
-    def __init__(self, hf_model: PreTrainedModel, main_task: str, kind: str) -> None:
+    def __init__(self, hf_model: PreTrainedModel, main_task: str, kind: str, view: str = "student") -> None:
         super().__init__()
         head = getattr(hf_model, "classifier", None)
         self.first_token = is_first_token_head(head)
@@ -68,12 +70,23 @@ class Agent(nn.Module):
         self.main_task = main_task
         self.kinds: dict[str, str] = {main_task: kind}
         self.heads = nn.ModuleDict()
+        # whose tokenizer's encoding of the data this agent reads: "teacher" (the teacher and copies of it) or
+        # "student"; the two differ when the models have different tokenizers
+        self.view = view
+        # learned maps to the teacher's width, one per layer, for PKD (``method.pkd_projection=linear``); empty
+        # otherwise, so the agent's parameters and state are those of its encoder and heads alone
+        self.pkd_projection = nn.ModuleList()
         # a RoBERTa-style head applies its own dropouts
         self.dropout = nn.Identity() if self.first_token else getattr(hf_model, "dropout", None) or nn.Identity()
 
     @property
     def num_layers(self) -> int:
         return int(self.hf.config.num_hidden_layers)
+
+    @property
+    def layer_width(self) -> int:
+        """Width of each layer's hidden states (the [CLS] states PKD compares)."""
+        return int(self.hf.config.hidden_size)
 
     @property
     def hidden_size(self) -> int:
@@ -104,6 +117,24 @@ class Agent(nn.Module):
             nn.init.zeros_(head.bias)
         self.heads[name] = head.to(self.main_head_weight().device)
         self.kinds[name] = kind
+
+    def add_pkd_projection(self, width: int, seed: int) -> None:
+        """Learned maps Linear(layer width, ``width``), one per layer, applied to the [CLS] states that PKD compares
+        with a teacher whose layers are ``width`` wide. They are initialised from ``seed`` alone (so every copy of
+        the initial student gets the same maps, and the run's random stream is left as it was), are part of the
+        agent's parameters and state (trained, selected, cached and checkpointed with it), and are not part of
+        the saved HF model."""
+        if len(self.pkd_projection):
+            return
+        std = getattr(self.hf.config, "initializer_range", 0.02)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            maps = [nn.Linear(self.layer_width, width) for _ in range(self.num_layers)]
+            for layer in maps:
+                nn.init.normal_(layer.weight, std=std)
+                nn.init.zeros_(layer.bias)
+        device = self.main_head_weight().device
+        self.pkd_projection.extend(layer.to(device) for layer in maps)
 
     def main_head_weight(self) -> torch.Tensor:
         """The weight of the main head's first layer: [H, H] (dense) for RoBERTa-style heads, [C, H] for linear."""
@@ -140,13 +171,16 @@ class Agent(nn.Module):
             flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
             input_ids, attention_mask, token_type_ids = flat(input_ids), flat(attention_mask), flat(token_type_ids)
         pooled, cls, cls_states = self.pool(input_ids, attention_mask, token_type_ids, output_hidden)
+        pkd_states = cls_states
+        if cls_states is not None and len(self.pkd_projection):
+            pkd_states = tuple(proj(h) for proj, h in zip(self.pkd_projection, cls_states))
         logits = self.head(task)(self.dropout(pooled))
         kind = self.kinds.get(task or self.main_task)
         if choices:
             logits = logits.view(-1, choices)
         elif kind == "regression":
             logits = logits.squeeze(-1)
-        return AgentOutput(logits=logits, pooled=pooled, cls=cls, cls_states=cls_states)
+        return AgentOutput(logits=logits, pooled=pooled, cls=cls, cls_states=cls_states, pkd_states=pkd_states)
 
 def _hf_kwargs(num_labels: int, kind: str, label_names: list[str], attn: Optional[str]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"num_labels": num_labels}
@@ -191,8 +225,17 @@ def build_agents(model_cfg: Any, main_task: str, kind: str, num_labels: int, lab
             student_hf.load_state_dict(teacher_hf.state_dict(), strict=False)
         else:
             student_hf = load_classifier(teacher_src, num_hidden_layers=layers, **kwargs)
-    return Agent(teacher_hf, main_task, kind), Agent(student_hf, main_task, kind), {
+    return Agent(teacher_hf, main_task, kind, view="teacher"), Agent(student_hf, main_task, kind), {
         "teacher": teacher_label, "student": student_label}
+
+
+def check_pkd_widths(teacher: Agent, student: Agent, beta: float, projection: str) -> None:
+    """PKD compares the [CLS] states of paired layers: of different widths only through learned maps. Checked as
+    soon as both agents are built, before any training."""
+    if beta > 0 and projection == "none" and student.layer_width != teacher.layer_width:
+        raise ConfigError(f"method.beta={beta} compares [CLS] states of width {student.layer_width} (student) and "
+                          f"{teacher.layer_width} (teacher) layer by layer; set method.pkd_projection=linear "
+                          "(a learned map per layer) or method.beta=0")
 
 
 def count_parameters(agent: nn.Module) -> int:

@@ -99,12 +99,13 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
         raise _hub_error(source, exc) from exc
 
 
-def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names: tuple[str, str]) -> None:
-    """Teacher and student must tokenise identically: KD, PKD and attributions align token by token."""
-    probe = "The quick brown fox, naïvely 42 times: isn't it?"
-    if a.get_vocab() != b.get_vocab() or a(probe)["input_ids"] != b(probe)["input_ids"]:
-        raise ConfigError(
-            f"teacher {names[0]!r} and student {names[1]!r} use different tokenizers; "
-            "choose a student from the same family (or model.tokenizer=<one shared tokenizer>)"
-        )
-
+def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Whether two tokenizers encode alike (vocabulary, padding, single texts and pairs): then a run encodes its data
+    once and both models read the same token ids; otherwise each model reads its own encoding."""
+    if a is b:
+        return True
+    probe = ("The quick brown fox, naïvely 42 times: isn't it?", "A second segment, for pairs.")
+    if a.get_vocab() != b.get_vocab() or a.pad_token_id != b.pad_token_id:
+        return False
+    return all(a(*texts).get(key) == b(*texts).get(key) for texts in (probe[:1], probe)
+               for key in ("input_ids", "token_type_ids"))

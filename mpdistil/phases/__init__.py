@@ -125,7 +125,8 @@ class Phase:
         return ctx.agent(self.trains[0]) if self.trains else None
 
     def row_logits(self, ctx: RunContext, split: str) -> torch.Tensor:
-        return predict(self.row_agent(ctx), ctx.splits[split], ctx.rt)["logits"]
+        agent = self.row_agent(ctx)
+        return predict(agent, ctx.splits_for(agent)[split], ctx.rt)["logits"]
 
 
 class TrainingPhase(Phase):
@@ -180,6 +181,14 @@ def check_distillation(cfg: Any) -> None:
         raise ConfigError(f"method.temperature={m.temperature} must be > 0; e.g. method.temperature=5")
     if m.beta < 0:
         raise ConfigError(f"method.beta={m.beta} must be >= 0")
+
+
+def attach_pkd_projection(ctx: RunContext, student: nn.Module) -> None:
+    """With β > 0 and ``method.pkd_projection=linear``, give a student its learned maps to the teacher's width before
+    it trains or loads a state that has them (:meth:`mpdistil.models.agent.Agent.add_pkd_projection`)."""
+    m = ctx.cfg.method
+    if m.beta > 0 and m.pkd_projection == "linear":
+        student.add_pkd_projection(ctx.teacher.layer_width, int(ctx.cfg.seed))
 
 
 def accumulate(sums: dict[str, float], values: dict[str, float]) -> None:

@@ -25,6 +25,7 @@ from mpdistil.phases import (
     Row,
     TrainingPhase,
     accumulate,
+    attach_pkd_projection,
     check_distillation,
     check_student,
     register_phase,
@@ -36,6 +37,7 @@ def fresh_student(ctx: RunContext, name: str) -> nn.Module:
     """A baseline's own copy of the initial student (created once; a cache or checkpoint then loads into it)."""
     if name not in ctx.agents:
         clone = copy.deepcopy(ctx.student)
+        clone.pkd_projection = nn.ModuleList()  # PKD maps the student gained in an earlier phase are not initial
         clone.load_state_dict(ctx.initial_student_state)
         ctx.agents[name] = clone
     return ctx.agents[name]
@@ -48,7 +50,7 @@ class DistillPhase(TrainingPhase):
     reads = ("teacher", "student", "meta_teacher")
     cache = "students"
     fields = STUDENT_FIELDS + ("method.alpha", "method.beta", "method.temperature", "method.soft_loss",
-                               "method.layer_map", "method.meta_input") + SOFT_TERM_FIELDS
+                               "method.layer_map", "method.meta_input", "method.pkd_projection") + SOFT_TERM_FIELDS
     distilled = True
     salt = 2
 
@@ -62,7 +64,9 @@ class DistillPhase(TrainingPhase):
         return ctx.cfg.method.student_epochs
 
     def prepare(self, ctx: RunContext) -> None:
-        self.row_agent(ctx)
+        student = self.row_agent(ctx)
+        if self.distilled:
+            attach_pkd_projection(ctx, student)
 
     def start(self, ctx: RunContext) -> None:
         m = ctx.cfg.method
@@ -134,7 +138,7 @@ class DistillPhase(TrainingPhase):
                 out = self.model(**model_inputs(batch), output_hidden=bool(self.pairs))
                 student_cls = teacher_cls = None
                 if self.pairs:
-                    student_cls = [out.cls_states[s - 1] for s, _ in self.pairs]
+                    student_cls = [out.pkd_states[s - 1] for s, _ in self.pairs]
                     t = self.cache_out["cls"][idx].to(rt.device)
                     t = t.view(-1, t.shape[-2], t.shape[-1])
                     teacher_cls = [t[:, j] for j in range(len(self.pairs))]

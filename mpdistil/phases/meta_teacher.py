@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from mpdistil.config import ConfigError
 from mpdistil.context import RunContext
 from mpdistil.losses import META_LOSSES
-from mpdistil.phases import Row, TrainingPhase, register_phase
+from mpdistil.phases import Row, TrainingPhase, attach_pkd_projection, register_phase
 from mpdistil.pilot import PILOT_FIELDS, apply_gradient, cached_teacher_cls, check_pilot, pilot_gradient
 from mpdistil.training import predict
 
@@ -29,10 +29,10 @@ class MetaTeacherPhase(TrainingPhase):
     trains = ("meta_teacher",)
     reads = ("teacher", "student", "meta_teacher")
     cache = "students"
-    # beyond the pilot's fields: β and the layer map of the PKD term its pilot loss shares with phase 2
+    # beyond the pilot's fields: β, the layer map and the projection of the PKD term its pilot loss shares with phase 2
     fields = PILOT_FIELDS + ("method.student_epochs", "method.meta_loss", "method.meta_lr", "method.meta_teacher",
                              "method.meta_input", "method.meta_objective", "method.meta_lambda", "method.pilot_pkd",
-                             "method.beta", "method.layer_map")
+                             "method.beta", "method.layer_map", "method.pkd_projection")
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -48,6 +48,7 @@ class MetaTeacherPhase(TrainingPhase):
 
     def prepare(self, ctx: RunContext) -> None:
         ctx.meta_teacher()
+        attach_pkd_projection(ctx, ctx.student)  # the pilot's PKD term maps the student's states as phase 2 does
 
     def loaded(self, ctx: RunContext) -> None:
         ctx.meta_teacher().trained = True

@@ -70,9 +70,11 @@ class MetaDistilPhase(TrainingPhase):
         self.opt_teacher = rt.optimizer(self.params, m.teacher_lr)
         self.opt_student = rt.optimizer(ctx.student.parameters(), m.student_lr)
         ctx.optimizers.update(student=self.opt_student, metadistil_teacher=self.opt_teacher)
+        # the teacher reads its own encoding of each train' batch's examples (the batch itself if they share one)
+        self.teacher_inputs = lambda batch: model_inputs(ctx.teacher_batch(batch, "train"))
 
     def _soft(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.teacher(**model_inputs(batch)).logits
+        return self.teacher(**self.teacher_inputs(batch)).logits
 
     def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         m, rt, student, kind = ctx.cfg.method, ctx.rt, ctx.student, ctx.task.kind

@@ -56,7 +56,7 @@ class TeacherPhase(TrainingPhase):
         teacher, rt = ctx.teacher, ctx.rt
         teacher.train(not ctx.cfg.method.authors_no_dropout)
         total, n = 0.0, 0
-        batches = rt.batches(ctx.splits["train"], ctx.cfg.trainer.batch_size, shuffle=True,
+        batches = rt.batches(ctx.teacher_splits["train"], ctx.cfg.trainer.batch_size, shuffle=True,
                              generator=ctx.generator(1, epoch))
         for batch in tqdm(batches, desc=f"teacher {epoch + 1}", disable=not rt.progress, leave=False):
             with rt.autocast():
