@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 from mpdistil.checkpoints import Checkpoint, Position, kill_point, verify_checkpoint
-from mpdistil.config import cache_root, validate
+from mpdistil.config import ConfigError, cache_root, validate
 from mpdistil.context import build_context
 from mpdistil.data.prepare import prepare_data
 from mpdistil.data.registry import get_task_spec
@@ -38,7 +38,10 @@ def preflight(cfg: Any) -> None:
     for model in (cfg.model.teacher, cfg.model.student):
         if model:
             resolve_model_source(model, cfg.cache_dir)
-    resolve_device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device)
+    if cfg.trainer.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device for its gradient scaler (this run is on "
+                          f"{device.type}); use trainer.precision=bf16 or fp32")
 
 
 def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:

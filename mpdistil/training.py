@@ -63,16 +63,22 @@ class Runtime:
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, what: str,
              params: Optional[Iterable[nn.Parameter]] = None) -> None:
         """Backward, clip, step, zero; a non-finite loss stops the run before it corrupts weights."""
+        self.backward(loss, what)
+        self.apply(optimizer, params)
+
+    def backward(self, loss: torch.Tensor, what: str) -> None:
+        """Accumulate the gradient of ``loss`` (scaled under fp16, so small gradients do not underflow)."""
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
                 f"non-finite loss ({float(loss.detach())}) while training the {what}; lower the learning rate or "
                 "use trainer.precision=fp32 — the last good checkpoint is kept"
             )
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def apply(self, optimizer: torch.optim.Optimizer, params: Optional[Iterable[nn.Parameter]] = None) -> None:
+        """Clip and apply the accumulated gradients, then zero them."""
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(optimizer)
-        else:
-            loss.backward()
         if self.grad_clip > 0:
             params = list(params) if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)

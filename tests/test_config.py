@@ -63,3 +63,12 @@ def test_cache_root_prefers_the_config_then_the_environment_then_home(tmp_path, 
     monkeypatch.delenv("MPDISTIL_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_root(None) == (tmp_path / "home" / ".cache" / "mpdistil").resolve()
+
+
+def test_fp16_without_a_gpu_is_refused_before_any_work(tmp_path):
+    """fp16 needs CUDA's gradient scaler; on a CPU it would silently lose small gradients."""
+    from tests.helpers import custom_task, run_cfg
+
+    with pytest.raises(ConfigError, match=r"trainer.precision=fp16 needs a CUDA device .*bf16 or fp32"):
+        run_cfg(tmp_path / "run", *custom_task(tmp_path), "trainer.precision=fp16", "trainer.device=cpu")
+    assert not (tmp_path / "run").exists()

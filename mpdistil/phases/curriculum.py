@@ -179,7 +179,7 @@ class CurriculumPhase(Phase):
             batch = next(iters[name])
             loss = self.student_loss(ctx, name, batch)
             if m.authors_episode_update:
-                loss.backward()
+                rt.backward(loss, "student (curriculum)")
             else:
                 rt.step(loss, self.opt_student, "student (curriculum)")
             rewards.append(self._reward(ctx, next(reward_batches), train_mode))
@@ -208,12 +208,8 @@ class CurriculumPhase(Phase):
 
     def _apply_accumulated(self, ctx: RunContext) -> None:
         """The authors' timing: one step with the gradients summed over the whole episode."""
-        rt, opt = ctx.rt, self.opt_student
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        if rt.grad_clip > 0 and params:
-            torch.nn.utils.clip_grad_norm_(params, rt.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt = self.opt_student
+        ctx.rt.apply(opt, [p for g in opt.param_groups for p in g["params"] if p.grad is not None])
 
     @torch.no_grad()
     def _reward(self, ctx: RunContext, batch: dict[str, Any], train_mode: bool) -> float:

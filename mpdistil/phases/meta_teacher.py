@@ -102,10 +102,10 @@ class MetaTeacherPhase(TrainingPhase):
                 idx = batch["index"].cpu()
                 ht = h_t[idx].view(-1, h_t.shape[-1]).to(rt.device)
                 hs = h_s[idx].view(-1, h_s.shape[-1]).to(rt.device)
-                with rt.autocast():
-                    loss = META_LOSSES[m.meta_loss](self.mt(ht, "teacher", split.num_choices),
-                                                    self.mt(hs, "student", split.num_choices),
-                                                    batch["labels"], ctx.task.kind)
+                # T' is a head over cached vectors: fp32 even under autocast (no fp16 gradient to underflow)
+                loss = META_LOSSES[m.meta_loss](self.mt(ht.float(), "teacher", split.num_choices),
+                                                self.mt(hs.float(), "student", split.num_choices),
+                                                batch["labels"], ctx.task.kind)
                 direct = torch.autograd.grad(loss, params, allow_unused=True)
                 grads = [g + weight_direct * (d if d is not None else 0) for g, d in zip(grads, direct)]
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
