@@ -12,6 +12,8 @@ Modes:
   plain           student forward, 0.5 KD + 0.5 CE, backward, AdamW step
   so-higher/func  meta_gradient, k=1, second order (MATH attention kernel), + meta-teacher AdamW step
   fo-higher/func  the same with first_order=True (finite-difference mixed derivative)
+  <mode>+ckpt     that mode with the student's activations recomputed in backward (trainer.gradient_checkpointing;
+                  a run refuses it with the func backend, so only plain and so-higher are offered)
 
 Soft targets come from a Linear meta-teacher over fixed random 384-d features (a stand-in for
 the frozen teacher's pooled output), so no teacher forward is timed in any mode.
@@ -39,10 +41,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mpdistil.meta import MetaStepConfig, meta_gradient  # noqa: E402
+from mpdistil.models.agent import enable_gradient_checkpointing  # noqa: E402
 from mpdistil.results import machine_info  # noqa: E402
 from mpdistil.training import Runtime  # noqa: E402
 
-MODES = ("plain", "so-higher", "so-func", "fo-higher", "fo-func")
+MODES = ("plain", "so-higher", "so-func", "fo-higher", "fo-func", "plain+ckpt", "so-higher+ckpt")
+DEFAULT_MODES = MODES[:5]
 NUM_LABELS = 3
 TEMPERATURE = 2.0
 ALPHA = 0.5
@@ -106,6 +110,9 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         args.model, num_labels=NUM_LABELS, num_hidden_layers=args.layers
     ).to(device)
     student.train()
+    mode, _, ckpt = args.child.partition("+")
+    if ckpt:
+        enable_gradient_checkpointing(student)
     hidden = student.config.hidden_size
     meta_teacher = nn.Linear(hidden, NUM_LABELS).to(device)
     data = make_batches(args, student.config.vocab_size, hidden, device)
@@ -141,14 +148,14 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         meta_opt.step()
         meta_opt.zero_grad(set_to_none=True)
 
-    if args.child == "plain":
+    if mode == "plain":
         step = plain_step
         for p in student.parameters():
             p.grad = torch.zeros_like(p)
         student_opt.step()
         student_opt.zero_grad(set_to_none=True)
     else:
-        order, backend = args.child.split("-")
+        order, backend = mode.split("-")
         step = lambda: meta_step(backend, order == "fo")  # noqa: E731
 
     with torch.no_grad():
@@ -228,7 +235,7 @@ def main() -> None:
     parser.add_argument("--pilot-lr", type=float, default=1e-2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per mode (0: torch default)")
     parser.add_argument("--rounds", type=int, default=1, help="subprocesses per mode, run round-robin against drift")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
     parser.add_argument("--out", default=str(REPO / "experiments" / "results" / "bench_meta_step.json"))
     parser.add_argument("--child", default=None, choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -247,7 +254,7 @@ def main() -> None:
             runs[mode].append(spawn(args, mode))
     results = {mode: summarize(rs) for mode, rs in runs.items()}
     plain = results.get("plain")
-    header = f"{'mode':<10} {'wall s':>8} {'x plain':>8} {'cpu s':>8} {'x plain':>8} {'peak MB':>8} {'x plain':>8}"
+    header = f"{'mode':<14} {'wall s':>8} {'x plain':>8} {'cpu s':>8} {'x plain':>8} {'peak MB':>8} {'x plain':>8}"
     print(header)
     for mode, r in results.items():
         if plain:
@@ -256,7 +263,7 @@ def main() -> None:
             r["memory_ratio"] = r["peak_delta_mb"] / plain["peak_delta_mb"]
         nan = float("nan")
         print(
-            f"{mode:<10} {r['median_s']:>8.3f} {r.get('time_ratio', nan):>8.2f} {r['median_cpu_s']:>8.3f} "
+            f"{mode:<14} {r['median_s']:>8.3f} {r.get('time_ratio', nan):>8.2f} {r['median_cpu_s']:>8.3f} "
             f"{r.get('cpu_time_ratio', nan):>8.2f} {r['peak_delta_mb']:>8.1f} {r.get('memory_ratio', nan):>8.2f}"
         )
     report = {

@@ -65,6 +65,9 @@ class ModelConfig:
     random_init: bool = False
     config_overrides: dict[str, Any] = field(default_factory=dict)
     attn_implementation: Optional[str] = None
+    # the teacher's weights once no later phase trains it: bf16 halves its memory; its outputs (soft targets, PKD
+    # states, T' inputs) are then computed in bf16 and read in fp32
+    teacher_dtype: str = "fp32"  # fp32 | bf16
 
 
 @dataclass
@@ -165,6 +168,9 @@ class TrainerConfig:
     # count matmul FLOPs per phase into results.json (torch's FlopCounterMode; slows the run, changes no result);
     # with trainer.reuse_cache=false so that cached phases are counted as trained, not loaded
     count_flops: bool = False
+    # recompute each layer's activations in backward instead of storing them (HF gradient checkpointing) for the
+    # models being trained: less memory, about one more forward per step, the same numbers
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -261,6 +267,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "method.curriculum_loss": ("mpdistil", "ce"),
         "trainer.device": ("auto", "cpu", "cuda"),
         "trainer.precision": ("fp32", "bf16", "fp16"),
+        "model.teacher_dtype": ("fp32", "bf16"),
         "trainer.selection_split": ("heldout", "dev", "quiz", "last"),
         "logger.name": ("none", "wandb"),
         "logger.mode": ("offline", "online", "disabled"),

@@ -186,13 +186,16 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path) -> RunCon
 
     from mpdistil.atomic import write_json
     from mpdistil.loggers import build_logger
-    from mpdistil.models.agent import build_agents, check_pkd_widths
+    from mpdistil.models.agent import build_agents, check_pkd_widths, enable_gradient_checkpointing
     from mpdistil.training import resolve_device
 
     info, t = data.task, cfg.trainer
     teacher, student, sources = build_agents(cfg.model, info.name, info.kind, info.num_outputs, info.label_names,
                                              cfg.seed, cache_dir)
     check_pkd_widths(teacher, student, cfg.method.beta, cfg.method.pkd_projection)
+    if t.gradient_checkpointing:
+        for agent in (teacher, student):  # copies of either (clones, MetaDistil's teacher) inherit it
+            enable_gradient_checkpointing(agent.hf)
     rt = Runtime(resolve_device(t.device), t.precision, t.grad_clip, t.weight_decay, t.eval_batch_size, data.pad_id,
                  t.progress, bucket=t.length_bucket, max_padding=t.eval_max_padding)
     teacher.to(rt.device)

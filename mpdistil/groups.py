@@ -10,6 +10,8 @@ import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from mpdistil.caches import CacheEntry
 from mpdistil.checkpoints import Checkpoint, Position, kill_point, restore
 from mpdistil.context import RunContext
@@ -27,6 +29,18 @@ def group_identity(ctx: RunContext, phases: list[Phase], index: int) -> dict[str
     upstream = {a: ctx.lineage.get(a, "initial") for p in phases for a in p.reads}
     return identity(f"group {index}: {'+'.join(p.name for p in phases)}", field_values(ctx.cfg, fields),
                     ctx.data_hash, upstream)
+
+
+def settle_teacher(ctx: RunContext, groups: list[list[str]], index: int) -> None:
+    """Before group ``index``: once no phase from here on trains the teacher, keep it in ``model.teacher_dtype``.
+
+    Its outputs computed so far (in fp32) are dropped, so every phase from here reads the same frozen teacher.
+    """
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[ctx.cfg.model.teacher_dtype]
+    frozen = not any("teacher" in PHASES[name].trains for group in groups[index:] for name in group)
+    if frozen and dtype != torch.float32 and ctx.teacher.main_head_weight().dtype != dtype:
+        ctx.teacher.to(dtype)
+        ctx.teacher_outputs.clear()
 
 
 def advance(lineage: dict[str, str], phases: list[Phase], key: dict[str, Any]) -> None:

@@ -6,7 +6,8 @@ cache folder; the full identity is stored beside the entry and compared on load,
 hand-edited entry is never trusted.
 
 Which fields matter is declared where the result is produced: each phase lists its own
-(``Phase.fields``); :data:`COMMON_FIELDS` shape every trained agent; the data fields act through the
+(``Phase.fields``); :data:`COMMON_FIELDS` shape every trained agent, :data:`FROZEN_TEACHER_FIELDS` every
+phase that reads the teacher without training it; the data fields act through the
 data's hash and the structure fields through the identity's kind; :data:`OUTSIDE_RESULTS` change how a
 run is shown, logged or stored, never what it computes. A test walks the config schema and checks that
 every field is in one of these places.
@@ -24,6 +25,8 @@ from omegaconf import OmegaConf
 COMMON_FIELDS = ("seed", "trainer.precision", "trainer.batch_size", "trainer.length_bucket", "trainer.grad_clip",
                  "trainer.weight_decay", "trainer.selection_split", "model.random_init", "model.config_overrides",
                  "model.attn_implementation")
+# Fields that shape the frozen teacher's outputs: part of every phase that reads the teacher without training it.
+FROZEN_TEACHER_FIELDS = ("model.teacher_dtype",)
 # Fields that act only through the data they select or encode: their effect is in the data's content hash.
 DATA_FIELDS = ("task", "model.tokenizer", "trainer.heldout_fraction")
 # Which phases run, grouped how: their names and the group's position are the kind of a group's identity.
@@ -31,14 +34,15 @@ STRUCTURE_FIELDS = ("method.phases",)
 # How agents are measured after training: part of a run's identity (its checkpoint), never of a cached agent's.
 EVALUATION_FIELDS = ("eval",)
 # Fields that change what a run shows, where it reads or writes, or how fast it goes, never a number it computes.
-# trainer.cache_teacher_outputs and trainer.eval_* are checked to be invisible in results by the tests.
+# trainer.cache_teacher_outputs, trainer.gradient_checkpointing and trainer.eval_* are checked to be invisible in
+# results by the tests.
 OUTSIDE_RESULTS = ("resume", "logger", "experiment_name", "data_dir", "task.data_dir", "cache_dir", "model.name",
                    "method.name",
                    "trainer.device", "trainer.deterministic", "trainer.progress", "trainer.num_threads",
                    "trainer.cache_teacher_outputs", "trainer.reuse_cache", "trainer.eval_batch_size",
                    "trainer.eval_max_padding", "trainer.save_student", "trainer.save_teacher",
                    "trainer.checkpoint_every", "trainer.checkpoint_min_interval_s", "trainer.keep_checkpoint",
-                   "trainer.count_flops")
+                   "trainer.count_flops", "trainer.gradient_checkpointing")
 
 
 def fingerprint(obj: Any) -> str:

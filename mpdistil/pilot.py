@@ -23,8 +23,13 @@ PILOT_FIELDS = ("method.alpha", "method.temperature", "method.soft_loss", "metho
                 "method.pilot_optimizer", "method.pilot_adam_lr", "method.student_lr")
 
 
-def check_pilot(cfg: Any) -> None:
+def check_pilot(cfg: Any, used: bool = True) -> None:
+    """Value checks of the pilot's fields; ``used``: whether this run takes pilot steps."""
     m = cfg.method
+    if used and cfg.trainer.gradient_checkpointing and m.meta_backend == "func":
+        raise ConfigError("trainer.gradient_checkpointing=true recomputes activations from the module's own weights, "
+                          "not the pilot's functional ones (method.meta_backend=func): the meta-gradient would be "
+                          "wrong; set method.meta_backend=higher or trainer.gradient_checkpointing=false")
     for key in ("unroll_steps", "quiz_batches_per_step"):
         if m[key] <= 0:
             raise ConfigError(f"method.{key}={m[key]} must be a positive integer")

@@ -21,7 +21,7 @@ from mpdistil.context import build_context
 from mpdistil.data.prepare import prepare_data
 from mpdistil.data.registry import get_task_spec
 from mpdistil.evaluation import evaluate_row
-from mpdistil.groups import phase_groups, resume, run_group
+from mpdistil.groups import phase_groups, resume, run_group, settle_teacher
 from mpdistil.identity import identity, run_fields
 from mpdistil.models.loading import resolve_model_source
 from mpdistil.phases import PHASES
@@ -85,6 +85,7 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
             for index, group in enumerate(groups[position.group:], start=position.group):
                 label = "+".join(group)
                 mid_group = saved if index == position.group and position.epoch else None
+                settle_teacher(ctx, groups, index)
                 with ctx.timed(label):
                     produced = run_group(ctx, group, index, ckpt, mid_group)
                 print(f"[mpdistil] {label}: {ctx.timings[label]:.1f}s", flush=True)

@@ -238,5 +238,24 @@ def check_pkd_widths(teacher: Agent, student: Agent, beta: float, projection: st
                           "(a learned map per layer) or method.beta=0")
 
 
+def enable_gradient_checkpointing(hf: PreTrainedModel) -> None:
+    """Recompute the encoder's layer activations in backward (``trainer.gradient_checkpointing``).
+
+    The non-reentrant form keeps the RNG state of the forward, so dropout masks and every number stay as without
+    it. Its recomputation reads the module's own parameters, which is why ``torch.func`` pilot steps (weights
+    passed functionally) are refused with it (:func:`mpdistil.pilot.check_pilot`); ``higher``'s patched copy of the
+    model does not checkpoint at all, so its pilot steps stay exact and keep their activations.
+    """
+    if not hf.supports_gradient_checkpointing:
+        raise ConfigError(f"{type(hf).__name__} cannot recompute its activations (no gradient checkpointing "
+                          "in transformers); set trainer.gradient_checkpointing=false")
+    kwargs = {"use_reentrant": False}
+    enable = getattr(hf, "activation_checkpointing_enable", None)  # its name from transformers 5 on
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def count_parameters(agent: nn.Module) -> int:
     return sum(p.numel() for p in agent.parameters())

@@ -25,7 +25,8 @@ class MetaTeacher(nn.Module):
         if form == "head":
             if teacher_head is None:
                 raise ValueError("meta_teacher=head needs the teacher's classifier head")
-            self.body: nn.Module = copy.deepcopy(teacher_head)
+            # in fp32 whatever the frozen teacher's dtype (model.teacher_dtype): T' is trained
+            self.body: nn.Module = copy.deepcopy(teacher_head).float()
             for module in self.body.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0

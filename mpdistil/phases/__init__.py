@@ -9,7 +9,8 @@ know about it, so nothing outside this folder switches on a phase's name:
 - ``trains`` / ``reads``: the agents whose weights it changes, and those whose trained state it
   starts from (their identities become part of its own);
 - ``cache``: the cache folder its result is kept in between runs (None: never cached);
-- ``fields``: the config fields that determine its result, beyond :data:`mpdistil.identity.COMMON_FIELDS`;
+- ``fields``: the config fields that determine its result, beyond :data:`mpdistil.identity.COMMON_FIELDS`
+  (and :data:`~mpdistil.identity.FROZEN_TEACHER_FIELDS`, added when it reads the teacher without training it);
 - ``options``: new ``method.<name>`` fields it adds to the typed config, with their defaults;
 - ``check(cfg)``: value checks of its fields, run before any work starts;
 - ``aux_tasks(cfg)``: other tasks whose quiz splits it needs.
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from mpdistil.config import ConfigError
+from mpdistil.identity import FROZEN_TEACHER_FIELDS
 from mpdistil.training import BestKeeper, predict
 
 if TYPE_CHECKING:
@@ -75,13 +77,20 @@ class Phase:
         """Raise :class:`mpdistil.config.ConfigError` (one line: problem and fix) for an impossible value."""
 
     @classmethod
+    def used(cls, cfg: Any) -> bool:
+        """Whether the run's ``method.phases`` include this phase."""
+        return any(cls.name in group.split("+") for group in cfg.method.phases)
+
+    @classmethod
     def aux_tasks(cls, cfg: Any) -> list[str]:
         """Other tasks (by name) whose quiz splits this phase trains on."""
         return []
 
     @classmethod
     def identity_fields(cls) -> tuple[str, ...]:
-        return cls.fields + tuple(f"method.{k}" for k in cls.options)
+        """Its own fields and options, and the frozen teacher's form when it reads the teacher without training it."""
+        frozen = FROZEN_TEACHER_FIELDS if "teacher" in cls.reads and "teacher" not in cls.trains else ()
+        return cls.fields + tuple(f"method.{k}" for k in cls.options) + frozen
 
     def epochs(self, ctx: RunContext) -> int:
         return 1

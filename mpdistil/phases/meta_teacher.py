@@ -41,7 +41,7 @@ class MetaTeacherPhase(TrainingPhase):
             raise ConfigError(f"method.meta_lambda={m.meta_lambda} must lie in [0, 1]")
         if m.meta_lr <= 0:
             raise ConfigError(f"method.meta_lr={m.meta_lr} must be > 0")
-        check_pilot(cfg)
+        check_pilot(cfg, m.meta_objective != "direct" and cls.used(cfg))
 
     def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.student_epochs

@@ -45,9 +45,9 @@ class MetaDistilPhase(TrainingPhase):
     def check(cls, cfg: Any) -> None:
         check_student(cfg)
         check_distillation(cfg)
-        check_pilot(cfg)
         m = cfg.method
-        if cls.name in (p for group in m.phases for p in group.split("+")):
+        check_pilot(cfg, cls.used(cfg))
+        if cls.used(cfg):
             if m.frontier_filter != "none" or m.teacher_noise == "logit_gauss":
                 raise ConfigError("method.frontier_filter and method.teacher_noise=logit_gauss act on the soft term of "
                                   "phase 2 (distill, kd), not on metadistil's; set method.frontier_filter=none and "
@@ -58,7 +58,8 @@ class MetaDistilPhase(TrainingPhase):
 
     def prepare(self, ctx: RunContext) -> None:
         if "metadistil_teacher" not in ctx.agents:
-            ctx.agents["metadistil_teacher"] = copy.deepcopy(ctx.teacher)
+            # trained, so in fp32 even when the frozen teacher is kept in bf16 (model.teacher_dtype)
+            ctx.agents["metadistil_teacher"] = copy.deepcopy(ctx.teacher).float()
 
     def row_agent(self, ctx: RunContext) -> torch.nn.Module:
         return ctx.student
