@@ -13,7 +13,7 @@ import torch
 from mpdistil.config import ConfigError, validate
 from mpdistil.data.encode import model_inputs
 from mpdistil.loggers import Logger
-from mpdistil.losses import episode_policy_loss, hard_loss, label_score, reinforce_loss
+from mpdistil.losses import curriculum_student_loss, episode_policy_loss, hard_loss, label_score, reinforce_loss
 from mpdistil.phases.curriculum import CurriculumPhase
 from tests.helpers import make_cfg, run_cfg
 
@@ -242,3 +242,33 @@ def test_authors_pairing_credits_reward_t_to_action_t_plus_1() -> None:
     assert loss.item() == pytest.approx(reinforce_loss(lp, rewards, gamma).item())
     one = episode_policy_loss(lp[:1], rewards[:1], gamma, credit_next=True)  # nothing to shift: the default pairing
     assert one.item() == pytest.approx(reinforce_loss(lp[:1], rewards[:1], gamma).item())
+
+
+@pytest.mark.parametrize("meta_input", ["pooled", "cls"])
+def test_the_curriculum_t_prime_term_reads_what_t_prime_was_trained_on(meta_input: str, tmp_path: Path,
+                                                                        cache: Path, superglue: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The phase-4 loss on the first main-task batch is the curriculum loss with T' applied to the student's
+    vector that method.meta_input names (pooled or last [CLS]), as in phase 3, and not the other one."""
+    loss = CurriculumPhase.student_loss
+    seen: dict[str, torch.Tensor] = {}
+
+    def spy_loss(self: CurriculumPhase, ctx: Any, name: str, batch: dict[str, Any]) -> torch.Tensor:
+        if name == ctx.task.name and not seen:
+            was = ctx.student.training
+            ctx.student.eval()
+            with torch.no_grad():
+                seen["phase"] = loss(self, ctx, name, batch)
+                out = ctx.student(**model_inputs(batch), task=name)
+                for form, h in (("pooled", out.pooled), ("cls", out.cls)):
+                    seen[form] = curriculum_student_loss(out.logits, batch["labels"], ctx.task.kind,
+                                                         self.mt(h, "student", 0))
+            ctx.student.train(was)
+        return loss(self, ctx, name, batch)
+
+    monkeypatch.setattr(CurriculumPhase, "student_loss", spy_loss)
+    run_cfg(tmp_path, "task=cb", f"data_dir={superglue}", "method=mpdistil", "trainer.num_threads=1",
+            "method.curriculum_tasks=[]", f"method.meta_input={meta_input}", cache_dir=cache)
+    other = "cls" if meta_input == "pooled" else "pooled"
+    torch.testing.assert_close(seen["phase"], seen[meta_input])
+    assert not torch.allclose(seen["phase"], seen[other])

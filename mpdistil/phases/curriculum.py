@@ -38,7 +38,7 @@ class CurriculumPhase(Phase):
               "method.episode_length", "method.gamma", "method.policy_lr", "method.policy_state",
               "method.curriculum_lr", "method.select_every", "method.authors_episode_update",
               "method.authors_no_dropout", "method.policy", "method.policy_task", "method.curriculum_loss",
-              "method.curriculum_mt_grad")
+              "method.curriculum_mt_grad", "method.meta_input")
     # salt of the generator the controls draw their actions from, apart from the data order's (5)
     control_salt = 6
 
@@ -139,7 +139,8 @@ class CurriculumPhase(Phase):
         m = ctx.cfg.method
         with ctx.rt.autocast():
             out = ctx.student(**model_inputs(batch), task=name)
-            mt_s = self.mt(out.pooled, "student", self.quiz[name].num_choices) \
+            h = out.pooled if m.meta_input == "pooled" else out.cls  # what T' was trained on in phase 3
+            mt_s = self.mt(h, "student", self.quiz[name].num_choices) \
                 if name == ctx.task.name and m.curriculum_loss == "mpdistil" else None
             return curriculum_student_loss(out.logits, batch["labels"], self.kinds[name], mt_s,
                                            form=m.curriculum_loss, meta_grad=m.curriculum_mt_grad)
