@@ -193,6 +193,20 @@ class EvalConfig:
 
 
 @dataclass
+class DataConfig:
+    """Teacher-labelled coverage: inputs without labels that only the teacher labels (soft term only)."""
+
+    # sources: augment (perturbed train' inputs), test (the task's official test inputs), a task name (its train
+    # inputs, same input shape), or a .csv/.tsv/.jsonl file
+    transfer: list[str] = field(default_factory=list)
+    transfer_size: Optional[str] = None  # null: every example; N: at most N; "Kx": K x the size of train'
+    transfer_fields: Optional[list[str]] = None  # a file's text columns; null: task.text_fields, text or text_a/b
+    augment: str = "delete"  # delete | swap | mask: what happens to each chosen word
+    augment_rate: float = 0.15  # fraction of the words of each segment changed
+    augment_multiplier: int = 1  # perturbed copies of each train' example
+
+
+@dataclass
 class Config:
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
@@ -200,6 +214,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     seed: int = 42
     data_dir: Optional[str] = None
     cache_dir: Optional[str] = None  # default: $MPDISTIL_CACHE or ~/.cache/mpdistil
@@ -274,6 +289,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "task.target": ("sign", "rating"),
         "task.type": ("classification", "regression"),
         "eval.attribution": ("ig", "gxi", "none"),
+        "data.augment": ("delete", "swap", "mask"),
     }
 
 
@@ -312,6 +328,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"task.max_length={cfg.task.max_length} is too small; use e.g. 128")
     if cfg.model.student_layers is not None and cfg.model.student_layers <= 0:
         raise ConfigError(f"model.student_layers={cfg.model.student_layers} must be a positive integer")
+    from mpdistil.data.transfer import check_transfer
+
+    check_transfer(cfg)
     names = [p for group in cfg.method.phases for p in group.split("+")]
     for phase in names:
         if phase not in PHASES:

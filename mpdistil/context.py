@@ -61,6 +61,7 @@ class RunContext:
     predictions: dict[str, dict[str, list]] = field(default_factory=dict)  # row -> dev split -> per-example
     lineage: dict[str, str] = field(default_factory=dict)  # agent -> identity of the group that last trained it
     data_hash: str = ""  # content of the splits agents are trained and selected on
+    transfer_hash: str = ""  # content of the transfer split ("" without one): only the phases reading it depend on it
     timings: dict[str, float] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)  # per timed label, filled when trainer.count_flops is on
     flop_counter: Optional[FlopCounterMode] = None
@@ -208,6 +209,7 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path) -> RunCon
                      initial_student_state={k: v.detach().clone() for k, v in student.state_dict().items()},
                      aux=data.aux, sources=sources, teacher_view=data.teacher_splits, tokenizers=data.tokenizers)
     ctx.data_hash = data.training_hash(ctx.selection_split)
+    ctx.transfer_hash = data.transfer_hash()
     return ctx
 
 

@@ -27,8 +27,11 @@ def phase_groups(cfg: Any) -> list[list[str]]:
 def group_identity(ctx: RunContext, phases: list[Phase], index: int) -> dict[str, Any]:
     fields = COMMON_FIELDS + tuple(f for p in phases for f in p.identity_fields())
     upstream = {a: ctx.lineage.get(a, "initial") for p in phases for a in p.reads}
-    return identity(f"group {index}: {'+'.join(p.name for p in phases)}", field_values(ctx.cfg, fields),
-                    ctx.data_hash, upstream)
+    data = ctx.data_hash
+    if ctx.transfer_hash and any(p.reads_transfer for p in phases):
+        data = fingerprint([data, ctx.transfer_hash])
+    return identity(f"group {index}: {'+'.join(p.name for p in phases)}", field_values(ctx.cfg, fields), data,
+                    upstream)
 
 
 def settle_teacher(ctx: RunContext, groups: list[list[str]], index: int) -> None:

@@ -27,8 +27,9 @@ COMMON_FIELDS = ("seed", "trainer.precision", "trainer.batch_size", "trainer.len
                  "model.attn_implementation")
 # Fields that shape the frozen teacher's outputs: part of every phase that reads the teacher without training it.
 FROZEN_TEACHER_FIELDS = ("model.teacher_dtype",)
-# Fields that act only through the data they select or encode: their effect is in the data's content hash.
-DATA_FIELDS = ("task", "model.tokenizer", "trainer.heldout_fraction")
+# Fields that act only through the data they select or encode: their effect is in the data's content hash (for
+# data.*, the transfer split's, in the identity of the phases that read it).
+DATA_FIELDS = ("task", "model.tokenizer", "trainer.heldout_fraction", "data")
 # Which phases run, grouped how: their names and the group's position are the kind of a group's identity.
 STRUCTURE_FIELDS = ("method.phases",)
 # How agents are measured after training: part of a run's identity (its checkpoint), never of a cached agent's.

@@ -123,18 +123,22 @@ def pkd_loss(student_cls: Sequence[torch.Tensor], teacher_cls: Sequence[torch.Te
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor],
-                      labels: torch.Tensor, kind: str, alpha: float, temperature: float, soft: str = "kl",
+                      labels: Optional[torch.Tensor], kind: str, alpha: float, temperature: float, soft: str = "kl",
                       beta: float = 0.0, student_cls: Optional[Sequence[torch.Tensor]] = None,
                       teacher_cls: Optional[Sequence[torch.Tensor]] = None,
                       soft_weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
     """L_S = α·soft + (1 − α)·CE + β·PKD; α = 0 and β = 0 give the undistilled student.
 
     ``soft_weights`` ([B]) weigh each example's soft term: soft = Σ_i w_i·D_i / B, so a weight of 0 removes an
-    example's soft term without changing the others', and unit weights give the batch mean.
+    example's soft term without changing the others', and unit weights give the batch mean. Without ``labels``
+    (inputs only the teacher labels) the hard-label term is left out: α·soft + β·PKD.
     """
-    ce = hard_loss(student_logits, labels, kind)
-    total = (1.0 - alpha) * ce
-    parts = {"ce": float(ce.detach())}
+    total = student_logits.new_zeros(())
+    parts: dict[str, float] = {}
+    if labels is not None:
+        ce = hard_loss(student_logits, labels, kind)
+        total = (1.0 - alpha) * ce
+        parts["ce"] = float(ce.detach())
     if alpha > 0 and teacher_logits is not None:
         if soft_weights is None:
             kd = soft_loss(student_logits, teacher_logits, temperature, kind, soft)

@@ -70,7 +70,7 @@ def _other(value: Any, kind: Any, key: str) -> Any:
 
 def identities(cfg: Any) -> list[str]:
     """The fingerprint of every cached group of a method, computed as a run chains them."""
-    ctx = SimpleNamespace(cfg=cfg, lineage={}, data_hash="data")
+    ctx = SimpleNamespace(cfg=cfg, lineage={}, data_hash="data", transfer_hash="")
     out = []
     for index, names in enumerate(phase_groups(cfg)):
         phases = [PHASES[n]() for n in names]

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import OmegaConf
 
+from mpdistil.atomic import write_json
 from mpdistil.config import ConfigError
 from mpdistil.context import AuxTask, TaskInfo
 from mpdistil.data.encode import EncodedSplit, encode_examples, split_fingerprint
@@ -27,6 +28,7 @@ from mpdistil.data.splits import (
     subsample_indices,
     three_way_split,
 )
+from mpdistil.data.transfer import transfer_examples
 from mpdistil.data.types import MissingTaskFiles, TaskData
 from mpdistil.identity import fingerprint
 from mpdistil.models.loading import load_tokenizer, resolve_model_source, same_tokenizer
@@ -64,6 +66,13 @@ class RunData:
             parts.update({f"teacher/{name}": split_fingerprint(self.teacher_splits[name]) for name in names})
         return fingerprint(parts)
 
+    def transfer_hash(self) -> str:
+        """Content of the transfer split (both encodings), part of the identity of the phases that read it; empty
+        without one, so runs without a transfer set keep their caches."""
+        views = [("", self.splits)] + ([("teacher/", self.teacher_splits)] if self.teacher_splits else [])
+        parts = {f"{p}transfer": split_fingerprint(v["transfer"]) for p, v in views if "transfer" in v}
+        return fingerprint(parts) if parts else ""
+
 
 def run_tokenizers(cfg: Any) -> tuple[Any, Any]:
     """The teacher's and the student's tokenizers: one object when they encode alike.
@@ -96,11 +105,32 @@ def prepare_data(cfg: Any, out_dir: Path, cache_dir: Path, aux_tasks: list[str])
     if skipped:
         data_info["curriculum_tasks_left_out"] = skipped
     ood, teacher_ood = prepare_ood(cfg, data_dir, cache_dir, tokenizers, info) if cfg.eval.ood_tasks else ({}, None)
+    if cfg.data.transfer:
+        prepare_transfer(cfg, info, splits, teacher_splits, tokenizers, data_dir, cache_dir, out_dir, data_info)
     if teacher_splits is not None:
         data_info["tokenizers"] = {"teacher": tokenizers[0].name_or_path, "student": tokenizers[1].name_or_path,
                                    "note": "different: each model reads its own encoding of every split"}
     return RunData(info, splits, dev_names, aux, ood, data_info, tokenizers[1].pad_token_id or 0, teacher_splits,
                    teacher_ood, {"teacher": tokenizers[0], "student": tokenizers[1]})
+
+
+def prepare_transfer(cfg: Any, info: TaskInfo, splits: dict[str, EncodedSplit],
+                     teacher_splits: Optional[dict[str, EncodedSplit]], tokenizers: tuple[Any, Any],
+                     data_dir: Optional[str], cache_dir: Path, out_dir: Path, data_info: dict[str, Any]) -> None:
+    """The ``transfer`` split (inputs only the teacher labels), in both encodings; its record in transfer.json and,
+    without the per-example list, in results.json."""
+    test = [ex for name, split in splits.items() if name.startswith("test") for ex in split.examples]
+    examples, record = transfer_examples(cfg, splits["train"].examples, test, tokenizers[1].mask_token, data_dir,
+                                         cache_dir)
+    write_json(out_dir / "transfer.json", record)
+    data_info["transfer"] = {k: v for k, v in record.items() if k != "examples"}
+    if not examples:
+        return
+    student, teacher = encode_views(tokenizers, examples, info.name, "transfer", info.kind, cfg.task.max_length,
+                                    cache_dir)
+    splits["transfer"] = student
+    if teacher_splits is not None and teacher is not None:
+        teacher_splits["transfer"] = teacher
 
 
 def check_aligned(student: EncodedSplit, teacher: EncodedSplit) -> None:

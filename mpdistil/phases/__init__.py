@@ -12,6 +12,8 @@ know about it, so nothing outside this folder switches on a phase's name:
 - ``fields``: the config fields that determine its result, beyond :data:`mpdistil.identity.COMMON_FIELDS`
   (and :data:`~mpdistil.identity.FROZEN_TEACHER_FIELDS`, added when it reads the teacher without training it);
 - ``options``: new ``method.<name>`` fields it adds to the typed config, with their defaults;
+- ``reads_transfer``: whether it trains on the teacher-labelled transfer split (``data.transfer``), whose
+  content then joins its identity;
 - ``check(cfg)``: value checks of its fields, run before any work starts;
 - ``aux_tasks(cfg)``: other tasks whose quiz splits it needs.
 """
@@ -71,6 +73,7 @@ class Phase:
     cache: ClassVar[Optional[str]] = None
     fields: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, Any]] = {}
+    reads_transfer: ClassVar[bool] = False  # whether it trains on the transfer split (data.transfer) when there is one
 
     @classmethod
     def check(cls, cfg: Any) -> None:

@@ -5,17 +5,20 @@ The frozen teacher's logits and [CLS] states come from a per-run cache, computed
 targets come from the meta-teacher T' once phase 3 has trained it, else from the teacher.
 ``undistilled`` is the same loop with α = β = 0 on a fresh copy of the initial student.
 Beyond the paper, the soft term can leave out the targets furthest beyond the current student
-(``method.frontier_filter``) and the soft targets can carry fixed Gaussian noise (``method.teacher_noise``).
+(``method.frontier_filter``), the soft targets can carry fixed Gaussian noise (``method.teacher_noise``), and
+inputs without labels that only the teacher labels (``data.transfer``) add batches with the soft and PKD terms
+alone, shuffled among the train′ batches.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mpdistil.config import ConfigError
 from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
 from mpdistil.frontier import SOFT_TERM_FIELDS, FrontierLog, check_frontier, filter_epoch, logit_noise
@@ -31,6 +34,15 @@ from mpdistil.phases import (
     register_phase,
 )
 from mpdistil.training import predict
+
+
+def teacher_confidence(logits: torch.Tensor, kind: str) -> dict[str, float]:
+    """How sure the frozen teacher is on inputs it alone labels: mean top-class probability and the share of
+    inputs above 0.9 (classification and multiple choice; nothing for regression)."""
+    if kind == "regression" or logits.numel() == 0:
+        return {}
+    top = torch.softmax(logits.float(), dim=-1).max(dim=-1).values
+    return {"teacher_confidence": float(top.mean()), "teacher_confident_share": float((top > 0.9).float().mean())}
 
 
 def fresh_student(ctx: RunContext, name: str) -> nn.Module:
@@ -52,6 +64,7 @@ class DistillPhase(TrainingPhase):
     fields = STUDENT_FIELDS + ("method.alpha", "method.beta", "method.temperature", "method.soft_loss",
                                "method.layer_map", "method.meta_input", "method.pkd_projection") + SOFT_TERM_FIELDS
     distilled = True
+    reads_transfer = True
     salt = 2
 
     @classmethod
@@ -59,6 +72,11 @@ class DistillPhase(TrainingPhase):
         check_student(cfg)
         check_distillation(cfg)
         check_frontier(cfg)
+        m = cfg.method
+        if cfg.data.transfer and cls.used(cfg) and (m.frontier_filter != "none" or m.teacher_noise == "logit_gauss"):
+            raise ConfigError("data.transfer with method.frontier_filter or method.teacher_noise=logit_gauss is not "
+                              "supported (they act on train' targets only); set method.frontier_filter=none and "
+                              "method.teacher_noise=none or label_flip, or data.transfer=[]")
 
     def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.student_epochs
@@ -78,6 +96,10 @@ class DistillPhase(TrainingPhase):
         ctx.optimizers[self.trains[0]] = self.opt
         self.pairs = layer_map(self.model.num_layers, ctx.teacher.num_layers, m.layer_map) if self.beta > 0 else []
         self.cache_out = ctx.teacher_cache("train") if self.distilled else None
+        # the transfer split: inputs only the teacher labels, so only a phase with a soft or PKD term reads them
+        self.transfer = ctx.splits.get("transfer") if self.reads_transfer and (self.alpha > 0 or self.beta > 0) \
+            else None
+        self.transfer_out = ctx.teacher_cache("transfer") if self.transfer is not None else None
         self.start_frontier(ctx)
 
     def start_frontier(self, ctx: RunContext) -> None:
@@ -90,15 +112,18 @@ class DistillPhase(TrainingPhase):
         self.noise = logit_noise(tuple(self.cache_out["logits"].shape), m.teacher_noise_scale, ctx.generator(10)) \
             if soft and m.teacher_noise == "logit_gauss" else None
 
-    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
+    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
+                     cache: Optional[dict[str, torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        """Soft targets of examples ``idx`` of the split whose frozen-teacher ``cache`` is given (default train′)."""
         if self.alpha == 0:
             return None
+        cache = self.cache_out if cache is None else cache
         mt = ctx.agents.get("meta_teacher")
         if mt is not None and mt.trained:
-            h = ctx.representation(self.cache_out)[idx]
+            h = ctx.representation(cache)[idx]
             with torch.no_grad():
                 return mt(h.view(-1, h.shape[-1]).to(ctx.rt.device), "teacher", choices)
-        return self.cache_out["logits"][idx].to(ctx.rt.device)
+        return cache["logits"][idx].to(ctx.rt.device)
 
     def targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
         """The soft targets the student is distilled towards: :meth:`soft_targets` plus the fixed logit noise of
@@ -124,39 +149,67 @@ class DistillPhase(TrainingPhase):
         self.frontier_log.add(epoch, record)
         return weights
 
+    def epoch_batches(self, ctx: RunContext, epoch: int) -> Iterable[tuple[bool, dict[str, Any]]]:
+        """(from the transfer split?, batch): train′ shuffled as always; with a transfer split, its shuffled batches
+        too, the two kinds in one seeded order."""
+        rt, size = ctx.rt, ctx.cfg.trainer.batch_size
+        train = ((False, b) for b in rt.batches(ctx.splits["train"], size, shuffle=True,
+                                                generator=ctx.generator(self.salt, epoch)))
+        if self.transfer is None:
+            return train
+        both = [*train, *((True, b) for b in rt.batches(self.transfer, size, shuffle=True,
+                                                         generator=ctx.generator(self.salt, epoch, 1)))]
+        order = torch.randperm(len(both), generator=ctx.generator(self.salt, epoch, 2)).tolist()
+        return [both[i] for i in order]
+
     def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         rt, m, kind = ctx.rt, ctx.cfg.method, ctx.task.kind
         weights = self.frontier_weights(ctx, epoch)
         self.model.train(not m.authors_no_dropout)
-        split = ctx.splits["train"]
+        choices = ctx.splits["train"].num_choices
         sums: dict[str, float] = {}
-        n = 0
-        batches = rt.batches(split, ctx.cfg.trainer.batch_size, shuffle=True, generator=ctx.generator(self.salt, epoch))
-        for batch in tqdm(batches, desc=f"{self.name} {epoch + 1}", disable=not rt.progress, leave=False):
+        transfer_sums: dict[str, float] = {}
+        n = n_transfer = 0
+        batches = self.epoch_batches(ctx, epoch)
+        for from_transfer, batch in tqdm(batches, desc=f"{self.name} {epoch + 1}", disable=not rt.progress,
+                                         leave=False):
             idx = batch["index"].cpu()
+            cache = self.transfer_out if from_transfer else self.cache_out
             with rt.autocast():
                 out = self.model(**model_inputs(batch), output_hidden=bool(self.pairs))
                 student_cls = teacher_cls = None
                 if self.pairs:
                     student_cls = [out.pkd_states[s - 1] for s, _ in self.pairs]
-                    t = self.cache_out["cls"][idx].to(rt.device)
+                    t = cache["cls"][idx].to(rt.device)
                     t = t.view(-1, t.shape[-2], t.shape[-1])
                     teacher_cls = [t[:, j] for j in range(len(self.pairs))]
-                loss, parts = distillation_loss(
-                    out.logits, self.targets(ctx, idx, split.num_choices), batch["labels"], kind, self.alpha,
-                    self.temperature, self.soft_loss, self.beta, student_cls, teacher_cls,
-                    soft_weights=None if weights is None else weights[idx].to(rt.device))
+                if from_transfer:  # no label: the soft and PKD terms alone, on the teacher's (or T''s) targets
+                    targets, labels, soft_weights = self.soft_targets(ctx, idx, choices, cache), None, None
+                else:
+                    targets, labels = self.targets(ctx, idx, choices), batch["labels"]
+                    soft_weights = None if weights is None else weights[idx].to(rt.device)
+                loss, parts = distillation_loss(out.logits, targets, labels, kind, self.alpha, self.temperature,
+                                                self.soft_loss, self.beta, student_cls, teacher_cls,
+                                                soft_weights=soft_weights)
             rt.step(loss, self.opt, self.name)
-            accumulate(sums, {"loss": float(loss.detach()), **parts})
-            n += 1
-        filtered = {"frontier_filtered": float(self.frontier_log.epochs[-1]["count"])} \
-            if self.frontier_log.epochs and self.frontier_log.epochs[-1]["epoch"] == epoch else {}
-        return self.end_epoch(ctx, self.model, epoch, sums, n, **filtered)
+            if from_transfer:
+                accumulate(transfer_sums, {"loss": float(loss.detach()), **parts})
+                n_transfer += 1
+            else:
+                accumulate(sums, {"loss": float(loss.detach()), **parts})
+                n += 1
+        extra = {f"transfer_{k}": v / n_transfer for k, v in transfer_sums.items()}
+        if self.frontier_log.epochs and self.frontier_log.epochs[-1]["epoch"] == epoch:
+            extra["frontier_filtered"] = float(self.frontier_log.epochs[-1]["count"])
+        return self.end_epoch(ctx, self.model, epoch, sums, n, **extra)
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(self.model)
         record = {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
                   "alpha": self.alpha, "beta": self.beta}
+        if self.transfer is not None:
+            record["transfer"] = {"examples": len(self.transfer),
+                                  **teacher_confidence(self.transfer_out["logits"], ctx.task.kind)}
         if self.frontier is not None:
             criterion, keep, warmup, mode = self.frontier
             record["frontier"] = {"criterion": criterion, "keep": keep, "warmup": warmup, "mode": mode,
@@ -188,6 +241,7 @@ class UndistilledPhase(DistillPhase):
     reads = ()
     fields = STUDENT_FIELDS
     distilled = False
+    reads_transfer = False
     salt = 3
 
     @classmethod
@@ -211,5 +265,7 @@ class KDBaselinePhase(DistillPhase):
     def row_agent(self, ctx: RunContext) -> nn.Module:
         return fresh_student(ctx, "kd")
 
-    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
-        return self.cache_out["logits"][idx].to(ctx.rt.device) if self.alpha > 0 else None
+    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
+                     cache: Optional[dict[str, torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        cache = self.cache_out if cache is None else cache
+        return cache["logits"][idx].to(ctx.rt.device) if self.alpha > 0 else None

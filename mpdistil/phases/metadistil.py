@@ -47,6 +47,9 @@ class MetaDistilPhase(TrainingPhase):
         check_distillation(cfg)
         m = cfg.method
         check_pilot(cfg, cls.used(cfg))
+        if cls.used(cfg) and cfg.data.transfer:
+            raise ConfigError("data.transfer adds inputs to the distillation phases (distill, kd), not to metadistil's "
+                              "pilot updates; set data.transfer=[] or use method=kd or mpdistil")
         if cls.used(cfg):
             if m.frontier_filter != "none" or m.teacher_noise == "logit_gauss":
                 raise ConfigError("method.frontier_filter and method.teacher_noise=logit_gauss act on the soft term of "
