@@ -3,7 +3,7 @@
     python experiments/tables.py run <table> [--tasks ...] [--seeds 1 2 3] [--data-dir DIR]
         [--runs-root runs] [--launcher joblib] [--base cpu_repro] [--settings ...] [--dry-run] [-- overrides]
     python experiments/tables.py render <table> <runs_dir | earlier CSV or predictions file> ... [--out DIR]
-        [--experiment-name NAME] [--agent ROW]
+        [--experiment-name NAME ...] [--agent ROW]
 
 One run of ``method=mpdistil`` fills several rows (teacher, meta-teacher, no-curriculum student,
 MPDistil student), so ``run`` launches only the distinct runs: per task and seed one ``method=pkd``
@@ -65,7 +65,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                         "earlier render wrote (runs win over a seeds CSV or a predictions file; a long CSV fills "
                         "only columns nothing else has)")
     d.add_argument("--out", help="output folder (default: the first runs folder)")
-    d.add_argument("--experiment-name", help="tables: accept runs of this experiment_name instead of the table's")
+    d.add_argument("--experiment-name", nargs="+",
+                   help="tables: accept runs of these experiment_names instead of the table's")
     d.add_argument("--agent", help="ablation: agent row to show (default: the final student)")
     args = p.parse_args(argv)
     if extra and args.verb != "run":

@@ -65,6 +65,8 @@ def _other(value: Any, kind: Any, key: str) -> Any:
     if isinstance(value, dict):
         return {**value, "layer_norm_eps": 1e-6}
     inner = [a for a in typing.get_args(kind) if a is not type(None)]
+    if inner and typing.get_origin(inner[0]) is list:
+        return ["x"]
     return {int: 3, float: 0.25, str: "x", bool: True}[inner[0]] if inner else "x"
 
 

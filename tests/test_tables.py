@@ -378,7 +378,7 @@ def test_render_table_markdown(table_runs: Path, tmp_path: Path) -> None:
     assert md_row(md, "no curriculum, col")[cb] == "76.0 ± 1.0 [n=3] (78.6; Δ -2.6)"
     assert md_row(md, "no curriculum, com")[cb] == "76.0 ± 1.0 [n=3] (76.8; Δ -0.8)"
     assert md_row(md, "teacher")[header.index("BoolQ")] == "— (75.3)"
-    assert "experiment_name is not 'table1a'" in md and "other/x" in md
+    assert "experiment_name is not `table1a`" in md and "other/x" in md
     assert "without results.json" in md and "com_real" in md
     assert str(table_runs) not in md  # paths relative to the runs folder: a committed table names no machine
 

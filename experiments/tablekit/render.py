@@ -116,9 +116,13 @@ def column_title(col: Column) -> str:
 
 
 def table_comparisons() -> list[tuple[str, str, str, str]]:
-    """(title, row, versus, how a verdict names versus): every student against the teacher, MPDistil against KD."""
-    out = [(f"{ROW_TITLES[r]} vs teacher", r, "teacher", "teacher") for r in ROWS if r in STUDENT_ROWS]
-    return out + [(f"{ROW_TITLES[r]} vs KD", r, "kd", "KD") for r in ROWS if r.startswith("mpdistil_")]
+    """(title, row, versus, how a verdict names versus): every student and meta-teacher against the teacher,
+    MPDistil against KD, and MPDistil against its own student before the curriculum (same run, phase 4 alone)."""
+    out = [(f"{ROW_TITLES[r]} vs teacher", r, "teacher", "teacher") for r in ROWS
+           if r in STUDENT_ROWS or r.startswith("meta_")]
+    out += [(f"{ROW_TITLES[r]} vs KD", r, "kd", "KD") for r in ROWS if r.startswith("mpdistil_")]
+    return out + [(f"{ROW_TITLES[r]} vs {ROW_TITLES['no_curriculum_' + r[9:12]]}", r, f"no_curriculum_{r[9:12]}",
+                   "no curriculum") for r in ROWS if r.startswith("mpdistil_")]
 
 
 @dataclass
@@ -182,7 +186,8 @@ def build_table(spec: TableSpec, runs: Sequence[Run], inputs: Inputs | None = No
             else:
                 beats = [row in STUDENT_ROWS and (paired_delta(s, stats[("teacher", col.task)][i]) or 0) > 0
                          for i, s in enumerate(cs)]
-                verdicts = [teacher_verdict(by_pair.get((row, "teacher", col.task, i))) for i in range(len(cs))]
+                verdicts = [teacher_verdict(by_pair.get((row, "teacher", col.task, i))) if row in STUDENT_ROWS else ""
+                            for i in range(len(cs))]  # a cell's mark is for students; T' has its comparison line
                 majors = [at_or_below(s, m) for s, m in zip(cs, majority[col.task], strict=True)]
             marks = [cell_mark(b, v, m) for b, v, m in zip(beats, verdicts, majors, strict=True)]
             cells.append(CellResult(row, col, cs, paper[row].get(col.task), marks, beats, verdicts, majors))
@@ -260,16 +265,20 @@ def comparisons_section(name: str, header: list[str], grid: list[list[str]], com
                  f"them kept no predictions. Per comparison: `{name}_comparisons.csv`."]
 
 
-def render_table(spec: TableSpec, inputs: Inputs, out_dir: Path, experiment_name: str | None) -> str:
-    """Write the table's markdown, its wide, long, per-seed and comparison CSVs and its predictions to out_dir."""
-    accept = experiment_name or spec.name
+def render_table(spec: TableSpec, inputs: Inputs, out_dir: Path, experiment_names: Sequence[str] | None) -> str:
+    """Write the table's markdown, its wide, long, per-seed and comparison CSVs and its predictions to out_dir.
+
+    Runs are those of ``experiment_names`` (default: the table's name) or unnamed; several names let one table
+    take, say, its MPDistil rows from the ``full`` setting of an ablation run beside it."""
+    names = list(experiment_names or [spec.name])
+    accept = " or ".join(f"`{n}`" for n in names)
     runs: list[Run] = []
     notes: list[str] = []
     for folder in inputs.folders:
         scan = scan_runs(folder)
-        mine = [r for r in scan.runs if r.experiment_name in (None, accept)]
+        mine = [r for r in scan.runs if r.experiment_name is None or r.experiment_name in names]
         runs += mine
-        notes += scan_notes(scan, [r for r in scan.runs if r not in mine], f"experiment_name is not {accept!r}")
+        notes += scan_notes(scan, [r for r in scan.runs if r not in mine], f"experiment_name is not {accept}")
     data = build_table(spec, runs, inputs, lambda p: portable(p, inputs.folders))
     by = {(c.row, c.column.task): c for c in data.cells}
     header = ["row"] + [column_title(c) for c in spec.columns]
@@ -279,7 +288,7 @@ def render_table(spec: TableSpec, inputs: Inputs, out_dir: Path, experiment_name
     sources = [f"`{f}`" for f in inputs.folders] + [f"`{f.name}`" for f in files]
     regression = [c.title for c in spec.columns if any(m is None for m in data.majority[c.task])]
     md = [f"# {spec.title}", "",
-          f"From {', '.join(sources)}: {len(runs)} run(s) of experiment `{accept}` or unnamed; "
+          f"From {', '.join(sources)}: {len(runs)} run(s) of experiment {accept} or unnamed; "
           f"seeds: {', '.join(map(str, data.seeds)) or 'none'}.", "",
           markdown_table(header, grid), "",
           "Cell: ours, mean ± sample std over seeds, in % [n = seeds with a result] (paper; Δ = ours − paper). "
