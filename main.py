@@ -1,7 +1,11 @@
 """Entry point: ``python main.py [group=preset ...] [key=value ...]`` (Hydra; ``-m`` for sweeps)."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -34,6 +38,21 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
 
 
+def follower_overrides(argv: list[str]) -> list[str]:
+    """Under torchrun, the command line of a rank other than 0: its Hydra writes no folder or log of its own (the
+    run's folder is rank 0's, mpdistil/run.py)."""
+    scratch = tempfile.mkdtemp(prefix="mpdistil-hydra-")
+    atexit.register(shutil.rmtree, scratch, True)
+    kept = [arg for arg in argv if not arg.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    return kept + [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled",
+                   "hydra/hydra_logging=disabled"]
+
+
 if __name__ == "__main__":
     check_presets(sys.argv[1:], CONF)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        sys.exit("error: one torchrun runs one job, not a sweep (-m); run one torchrun per job, or sweep with "
+                 "hydra/launcher=submitit_slurm and hydra.launcher.tasks_per_node=N to run each job on N tasks")
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.argv[1:] = follower_overrides(sys.argv[1:])
     main()

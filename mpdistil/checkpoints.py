@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 
 from mpdistil.atomic import torch_load, torch_save, write_json
 from mpdistil.config import ConfigError
+from mpdistil.distributed import World
 from mpdistil.identity import file_checksum, fingerprint
 from mpdistil.seeding import rng_state, set_rng_state
 
@@ -64,22 +65,27 @@ class Position:
 class Checkpoint:
     """The run folder's checkpoint: written every ``every`` epochs/episodes and after each phase group."""
 
-    def __init__(self, folder: Path, identity: dict[str, Any], every: int, min_interval_s: float = 0.0) -> None:
+    def __init__(self, folder: Path, identity: dict[str, Any], every: int, min_interval_s: float = 0.0,
+                 world: Optional[World] = None) -> None:
         self.folder, self.identity, self.every = Path(folder), identity, every
         self.min_interval_s = min_interval_s
         self.last_save = time.monotonic()
+        self.world = world or World()  # rank 0 writes; every rank takes part (its random state is saved too)
 
     def due(self, epoch: int, epochs: int) -> bool:
         """After epoch ``epoch`` (0-based) of ``epochs``, if ``min_interval_s`` has passed since the last one;
         the last epoch is covered by the group's checkpoint. The interval keeps 200 short curriculum
-        episodes from writing 200 full checkpoints."""
-        return (self.every > 0 and (epoch + 1) % self.every == 0 and epoch + 1 < epochs
-                and time.monotonic() - self.last_save >= self.min_interval_s)
+        episodes from writing 200 full checkpoints. Rank 0's clock decides for every rank."""
+        return self.world.broadcast(self.every > 0 and (epoch + 1) % self.every == 0 and epoch + 1 < epochs
+                                    and time.monotonic() - self.last_save >= self.min_interval_s)
 
     def save(self, ctx: Any, position: Position, phases: list[Any]) -> None:
         if self.every <= 0:
             return
         self.last_save = time.monotonic()
+        rng = self.world.gather(rng_state())  # each rank's dropout stream continues where it was
+        if not self.world.is_main:
+            return
         mt = ctx.agents.get("meta_teacher")
         blob = {
             "format": FORMAT, "position": asdict(position),
@@ -90,7 +96,8 @@ class Checkpoint:
             "predictions": ctx.predictions,
             "timings": ctx.timings, "flops": ctx.flops,
             "scaler": ctx.rt.scaler.state_dict() if ctx.rt.scaler is not None else None,
-            "rng": rng_state(),
+            "rng": rng[0], "world_size": self.world.size,
+            **({"rng_ranks": rng} if self.world.active else {}),
         }
         name = f"state-g{position.group}-e{position.epoch}.pt"
         with signals_deferred():
@@ -116,7 +123,8 @@ class Checkpoint:
 
     def clear(self) -> None:
         """A finished run needs no checkpoint: its results are in results.json."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.world.is_main:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def verify_checkpoint(folder: Path, fields: dict[str, Any], required: bool) -> Optional[dict[str, Any]]:
@@ -137,6 +145,10 @@ def verify_checkpoint(folder: Path, fields: dict[str, Any], required: bool) -> O
         raise CheckpointError(f"checkpoint {meta_path} is unreadable; {fix}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {folder} has format {meta.get('format')}, this code reads {FORMAT}; {fix}")
+    written, now = saved.get("world_size", 1), fields.get("world_size", 1)
+    if written != now:
+        raise CheckpointError(f"checkpoint {folder} was written by a run of {written} process(es), this one has "
+                              f"{now}; resume with {written} (torchrun --nproc_per_node=...) or {fix}")
     if saved != fields:
         changed = sorted(k for k in set(saved) | set(fields) if saved.get(k) != fields.get(k))
         listed = ", ".join(f"{k}={saved.get(k)!r}" for k in changed[:4]) or "settings"
@@ -168,6 +180,11 @@ def restore(ctx: Any, saved: dict[str, Any]) -> None:
     ctx.flops.update(saved.get("flops", {}))
     if saved["scaler"] is not None and ctx.rt.scaler is not None:
         ctx.rt.scaler.load_state_dict(saved["scaler"])
-    set_rng_state(saved["rng"])
+    set_rng_state(rank_rng(saved, ctx.rt.world))
+
+
+def rank_rng(saved: dict[str, Any], world: World) -> dict[str, Any]:
+    """This rank's random state in a checkpoint (its ranks' states when several processes wrote it)."""
+    return saved["rng_ranks"][world.rank] if "rng_ranks" in saved else saved["rng"]
 
 

@@ -139,7 +139,9 @@ class MethodConfig:
 class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch: with several processes (torchrun) each reads its part of every batch
+    # examples per process instead: the global batch is then this × the number of processes (null: batch_size)
+    per_device_batch_size: Optional[int] = None
     eval_batch_size: int = 64
     # training batches of similar length (chunks of this many shuffled batches sorted by length; 1: plain shuffle)
     length_bucket: int = 8
@@ -314,6 +316,9 @@ def validate(cfg: Any) -> None:
     for key in ("batch_size", "eval_batch_size", "length_bucket"):
         if _get(t, key) <= 0:
             raise ConfigError(f"trainer.{key}={_get(t, key)} must be a positive integer")
+    if t.per_device_batch_size is not None and t.per_device_batch_size <= 0:
+        raise ConfigError(f"trainer.per_device_batch_size={t.per_device_batch_size} must be a positive integer or "
+                          "null (trainer.batch_size is then the global batch)")
     if t.eval_max_padding is not None and t.eval_max_padding < 0:
         raise ConfigError(f"trainer.eval_max_padding={t.eval_max_padding} must be >= 0 or null (fixed batches)")
     if t.grad_clip < 0:

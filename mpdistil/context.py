@@ -11,12 +11,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mpdistil.data.encode import EncodedSplit, collate, to_device
+from mpdistil.distributed import World
 from mpdistil.loggers import Logger
 from mpdistil.losses import layer_map
 from mpdistil.metrics.task_metrics import compute_metrics
 from mpdistil.models.agent import Agent
 from mpdistil.models.meta_teacher import MetaTeacher
-from mpdistil.training import BestKeeper, Runtime, predict, predictions_from_logits
+from mpdistil.training import BestKeeper, Runtime, predict, predictions_from_logits, split_outputs
 
 
 @dataclass
@@ -181,8 +182,9 @@ class RunContext:
         return _Timer(self, name)
 
 
-def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path) -> RunContext:
-    """Teacher and student on the run's device, the runtime every phase trains through, and the logger."""
+def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path, world: Optional[World] = None) -> RunContext:
+    """Teacher and student on the run's device, the runtime every phase trains through, and the logger (rank 0's
+    alone with several processes)."""
     from omegaconf import OmegaConf
 
     from mpdistil.atomic import write_json
@@ -197,13 +199,16 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path) -> RunCon
     if t.gradient_checkpointing:
         for agent in (teacher, student):  # copies of either (clones, MetaDistil's teacher) inherit it
             enable_gradient_checkpointing(agent.hf)
-    rt = Runtime(resolve_device(t.device), t.precision, t.grad_clip, t.weight_decay, t.eval_batch_size, data.pad_id,
-                 t.progress, bucket=t.length_bucket, max_padding=t.eval_max_padding)
+    world = world or World()
+    rt = Runtime(resolve_device(t.device, world), t.precision, t.grad_clip, t.weight_decay, t.eval_batch_size,
+                 data.pad_id, t.progress and world.is_main, bucket=t.length_bucket, max_padding=t.eval_max_padding,
+                 world=world)
     teacher.to(rt.device)
     student.to(rt.device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     write_json(out_dir / "config.json", resolved)
-    logger = build_logger(cfg.logger, resolved, out_dir, f"{info.name}-{cfg.method.name}-s{cfg.seed}")
+    logger = build_logger(cfg.logger, resolved, out_dir, f"{info.name}-{cfg.method.name}-s{cfg.seed}") \
+        if world.is_main else Logger()
     ctx = RunContext(cfg=cfg, rt=rt, out_dir=out_dir, cache_dir=cache_dir, logger=logger, task=info,
                      splits=data.splits, dev_names=data.dev_names, teacher=teacher, student=student,
                      initial_student_state={k: v.detach().clone() for k, v in student.state_dict().items()},
@@ -218,28 +223,24 @@ def teacher_outputs(teacher: Agent, split: EncodedSplit, rt: Runtime, layers: li
     """Logits, pooled vectors and the [CLS] of the requested layers, in split order, on the CPU."""
     was = teacher.training
     teacher.eval()
-    n = len(split)
-    store: dict[str, Optional[torch.Tensor]] = {"logits": None, "pooled": None, "last_cls": None, "cls": None}
+
+    def outputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        with rt.autocast():
+            out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          token_type_ids=batch.get("token_type_ids"), output_hidden=bool(layers))
+        b = batch["index"].shape[0]
+        values = {"logits": out.logits.float().cpu(),
+                  "pooled": out.pooled.float().view(b, -1, out.pooled.shape[-1]).cpu(),
+                  "last_cls": out.cls.float().view(b, -1, out.cls.shape[-1]).cpu()}
+        if layers:
+            values["cls"] = torch.stack([out.cls_states[layer - 1].float() for layer in layers], 1).view(
+                b, -1, len(layers), out.cls_states[0].shape[-1]).cpu()
+        return values
+
     try:
-        for batch in rt.batches(split, rt.eval_batch_size):
-            with rt.autocast():
-                out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              token_type_ids=batch.get("token_type_ids"), output_hidden=bool(layers))
-            idx = batch["index"].cpu()
-            b = idx.shape[0]
-            pooled = out.pooled.float().view(b, -1, out.pooled.shape[-1]).cpu()
-            values = {"logits": out.logits.float().cpu(), "pooled": pooled,
-                      "last_cls": out.cls.float().view(b, -1, out.cls.shape[-1]).cpu()}
-            if layers:
-                values["cls"] = torch.stack([out.cls_states[layer - 1].float() for layer in layers], 1).view(
-                    b, -1, len(layers), out.cls_states[0].shape[-1]).cpu()
-            for key, val in values.items():
-                if store[key] is None:
-                    store[key] = torch.zeros((n,) + tuple(val.shape[1:]))
-                store[key][idx] = val
+        return split_outputs(split, rt, outputs)
     finally:
         teacher.train(was)
-    return {k: v for k, v in store.items() if v is not None}
 
 
 class _Timer:

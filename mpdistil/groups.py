@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from mpdistil.caches import CacheEntry
-from mpdistil.checkpoints import Checkpoint, Position, kill_point, restore
+from mpdistil.checkpoints import Checkpoint, Position, kill_point, rank_rng, restore
 from mpdistil.context import RunContext
 from mpdistil.identity import COMMON_FIELDS, field_values, fingerprint, identity
 from mpdistil.phases import PHASES, Phase
@@ -30,8 +30,8 @@ def group_identity(ctx: RunContext, phases: list[Phase], index: int) -> dict[str
     data = ctx.data_hash
     if ctx.transfer_hash and any(p.reads_transfer for p in phases):
         data = fingerprint([data, ctx.transfer_hash])
-    return identity(f"group {index}: {'+'.join(p.name for p in phases)}", field_values(ctx.cfg, fields), data,
-                    upstream)
+    return identity(f"group {index}: {'+'.join(p.name for p in phases)}",
+                    {**field_values(ctx.cfg, fields), **ctx.rt.world.identity_fields()}, data, upstream)
 
 
 def settle_teacher(ctx: RunContext, groups: list[list[str]], index: int) -> None:
@@ -63,13 +63,19 @@ def run_group(ctx: RunContext, group: list[str], index: int = 0, ckpt: Optional[
     key = group_identity(ctx, phases, index)
     kinds = {p.cache for p in phases}
     entry = CacheEntry(ctx.cache_dir, phases[0].cache, key) if None not in kinds and len(kinds) == 1 else None
+    world = ctx.rt.world
     try:
-        with entry.lock if entry else contextlib.nullcontext():
-            cached = entry.load() if entry and ctx.cfg.trainer.reuse_cache else None
-            if cached is not None:
+        # rank 0 looks the entry up under its lock and stores it; the other ranks follow its decision
+        with entry.lock if entry and world.is_main else contextlib.nullcontext():
+            cached = entry.load() if entry and ctx.cfg.trainer.reuse_cache and world.is_main else None
+            if world.broadcast(cached is not None):
+                cached = cached if world.is_main else entry.load()
+                if cached is None:
+                    raise RuntimeError(f"rank {world.rank} cannot read the cache entry {entry.folder} that rank 0 "
+                                       "loaded; every node must see the same cache_dir (a shared file system)")
                 load_cached(ctx, phases, entry, *cached)
             else:
-                train(ctx, phases, index, entry, ckpt, saved)
+                train(ctx, phases, index, entry if world.is_main else None, ckpt, saved)
     finally:
         for phase in phases:
             phase.close(ctx)
@@ -103,7 +109,7 @@ def train(ctx: RunContext, phases: list[Phase], index: int, entry: Optional[Cach
     if saved is not None:
         for phase in phases:
             phase.load_state_dict(saved["phases"][phase.name])
-        set_rng_state(saved["rng"])  # start() may draw random numbers the interrupted run drew before the checkpoint
+        set_rng_state(rank_rng(saved, ctx.rt.world))  # start() may draw numbers the interrupted run drew before
         first = saved["position"]["epoch"]
     epochs = phases[0].epochs(ctx)
     for epoch in range(first, epochs):
@@ -119,12 +125,28 @@ def train(ctx: RunContext, phases: list[Phase], index: int, entry: Optional[Cach
             kill_point(f"{phase.name}:{epoch}")
     for phase in phases:
         ctx.records[phase.name] = phase.finish(ctx)
+    check_in_step(ctx, phases)
     if entry is not None:
         for phase in phases:
             ctx.records[phase.name].update(cached=False, cache=str(entry.folder))
         state = {name: {k: v.detach().cpu() for k, v in module.state_dict().items()}
                  for name, module in _modules(ctx, phases).items()}
         entry.save(state, {phase.name: ctx.records[phase.name] for phase in phases})
+
+
+def check_in_step(ctx: RunContext, phases: list[Phase]) -> None:
+    """With several processes, every rank must end a group with the same weights: a divergence (a rank that read
+    other data or drew another action) is an error here rather than a silently wrong result."""
+    world = ctx.rt.world
+    if not world.active:
+        return
+    sums = {name: float(sum(v.double().sum() for v in module.state_dict().values() if v.is_floating_point()))
+            for name, module in _modules(ctx, phases).items()}
+    ranks = world.gather(sums)
+    differ = sorted(name for name in sums if len({r[name] for r in ranks}) > 1)
+    if differ:
+        raise RuntimeError(f"the processes of this run hold different weights for {differ} after "
+                           f"{'+'.join(p.name for p in phases)}; please report this with the command line")
 
 
 def resume(ctx: RunContext, groups: list[list[str]], saved: dict[str, Any], folder: Path) -> Position:

@@ -41,9 +41,9 @@ OUTSIDE_RESULTS = ("resume", "logger", "experiment_name", "data_dir", "task.data
                    "method.name",
                    "trainer.device", "trainer.deterministic", "trainer.progress", "trainer.num_threads",
                    "trainer.cache_teacher_outputs", "trainer.reuse_cache", "trainer.eval_batch_size",
-                   "trainer.eval_max_padding", "trainer.save_student", "trainer.save_teacher",
-                   "trainer.checkpoint_every", "trainer.checkpoint_min_interval_s", "trainer.keep_checkpoint",
-                   "trainer.count_flops", "trainer.gradient_checkpointing")
+                   "trainer.eval_max_padding", "trainer.per_device_batch_size", "trainer.save_student",
+                   "trainer.save_teacher", "trainer.checkpoint_every", "trainer.checkpoint_min_interval_s",
+                   "trainer.keep_checkpoint", "trainer.count_flops", "trainer.gradient_checkpointing")
 
 
 def fingerprint(obj: Any) -> str:

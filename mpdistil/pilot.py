@@ -114,16 +114,21 @@ def pilot_gradient(ctx: Any, meta_params: list[torch.Tensor],
 
 
 def apply_gradient(params: list[torch.Tensor], grads: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-                   clip: float, what: str) -> None:
-    """Set .grad from a computed (meta-)gradient and take one optimizer step."""
+                   rt: Any, what: str, batch: Optional[dict[str, Any]] = None) -> None:
+    """Set .grad from a computed (meta-)gradient and take one optimizer step. With several processes the ranks'
+    gradients are summed first, each weighted by its share of ``batch`` (the quiz batch it was scored on)."""
     from mpdistil.training import NonFiniteLossError
 
     if not all(torch.isfinite(g).all() for g in grads):
         raise NonFiniteLossError(f"non-finite meta-gradient for the {what}; lower method.pilot_lr "
                                  f"(method.pilot_adam_lr for the Adam pilot) or use fp32")
+    grads = [g.detach() for g in grads]
+    if rt.world.active:
+        grads = [g * rt.share(batch) for g in grads]
+        rt.world.sum_(grads)
     for p, g in zip(params, grads):
-        p.grad = g.detach().to(p.dtype)
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip)
+        p.grad = g.to(p.dtype)
+    if rt.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, rt.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -101,6 +101,7 @@ def collect(ctx: RunContext, data_info: dict[str, Any], timings: dict[str, float
         "phases": ctx.records, "time": timings, **({"flops": ctx.flops} if cfg.trainer.count_flops else {}),
         "memory": peak_memory(), "machine": machine_info(),
         "device": str(ctx.rt.device), "precision": ctx.rt.precision, "outputs": outputs,
+        "distributed": ctx.rt.world.describe(ctx.rt.device),
     }
 
 
@@ -139,7 +140,7 @@ def export(ctx: RunContext, student: torch.nn.Module) -> dict[str, Any]:
     outputs: dict[str, Any] = {}
     for name, agent, wanted in (("student", student, ctx.cfg.trainer.save_student),
                                 ("teacher", ctx.teacher, ctx.cfg.trainer.save_teacher)):
-        if wanted:
+        if wanted and ctx.rt.world.is_main:
             agent.hf.save_pretrained(ctx.out_dir / name)
             ctx.tokenizers[name].save_pretrained(ctx.out_dir / name)
             outputs[name] = str(ctx.out_dir / name)

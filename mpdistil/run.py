@@ -7,6 +7,8 @@ group lets a killed run continue where it stopped (``mpdistil/checkpoints.py``).
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +22,7 @@ from mpdistil.config import ConfigError, cache_root, validate
 from mpdistil.context import build_context
 from mpdistil.data.prepare import prepare_data
 from mpdistil.data.registry import get_task_spec
+from mpdistil.distributed import World, init_world
 from mpdistil.evaluation import evaluate_row
 from mpdistil.groups import phase_groups, resume, run_group, settle_teacher
 from mpdistil.identity import identity, run_fields
@@ -44,16 +47,48 @@ def preflight(cfg: Any) -> None:
                           f"{device.type}); use trainer.precision=bf16 or fp32")
 
 
+def global_batch(cfg: Any, world: World) -> None:
+    """``trainer.per_device_batch_size``, when set, makes ``trainer.batch_size`` (the global batch every phase
+    reads) that many examples per process."""
+    from omegaconf import open_dict
+
+    per_device = cfg.trainer.per_device_batch_size
+    if per_device is not None:
+        with open_dict(cfg):
+            cfg.trainer.batch_size = per_device * world.size
+
+
+@contextlib.contextmanager
+def rank_folder(world: World, run_dir: Path):
+    """The folder this process writes to: the run folder on rank 0; elsewhere a temporary folder, removed at the
+    end, with printing silenced, so that the run folder, the log and W&B hold one process's output."""
+    if world.is_main:
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix=f"mpdistil-rank{world.rank}-") as scratch, \
+            open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield Path(scratch)
+
+
 def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     start = time.perf_counter()
     preflight(cfg)
+    world = init_world(cfg.trainer.device)
+    global_batch(cfg, world)
     if out_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-    out_dir = Path(out_dir)
+    run_dir = Path(world.broadcast(str(out_dir)))  # each torchrun process starts Hydra: rank 0's folder is the run's
+    fields = {**run_fields(cfg), **world.identity_fields()}
     # A checkpoint in the run folder is resumed; a corrupt one or one of another config is refused right away.
-    resumable = verify_checkpoint(out_dir / "checkpoint", run_fields(cfg), required=cfg.resume)
+    resumable = verify_checkpoint(run_dir / "checkpoint", fields, required=cfg.resume)
+    with rank_folder(world, run_dir) as out_dir:
+        return _run(cfg, out_dir, run_dir, world, fields, resumable, start)
+
+
+def _run(cfg: DictConfig, out_dir: Path, run_dir: Path, world: World, fields: dict[str, Any],
+         resumable: Optional[dict[str, Any]], start: float) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -66,12 +101,12 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
     aux_tasks = list(dict.fromkeys(t for g in groups for name in g for t in PHASES[name].aux_tasks(cfg)))
     data = prepare_data(cfg, out_dir, cache_dir, aux_tasks)
     timings["data"] = time.perf_counter() - t
-    ckpt = Checkpoint(out_dir / "checkpoint", identity("run", run_fields(cfg), data.fingerprint()),
-                      cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_min_interval_s)
+    ckpt = Checkpoint(run_dir / "checkpoint", identity("run", fields, data.fingerprint()),
+                      cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_min_interval_s, world)
     saved = ckpt.load(resumable) if resumable else None
 
     t = time.perf_counter()
-    ctx = build_context(cfg, data, out_dir, cache_dir)
+    ctx = build_context(cfg, data, out_dir, cache_dir, world)
     timings["models"] = time.perf_counter() - t
     eval_splits = [s for s in [*data.dev_names, "quiz", "heldout", *[n for n in data.splits if n.startswith("test")]]
                    if s in data.splits and data.splits[s].labels is not None]

@@ -156,6 +156,7 @@ class TrainingPhase(Phase):
         """Score ``module`` on the selection split (by ``metrics(split)``, default: its task metrics), keep it if
         best, log the epoch's means."""
         metrics = ctx.select(self.best, module, epoch, metrics or (lambda split: ctx.evaluate(module, split)))
+        sums = ctx.rt.world.sum_floats(sums)  # each rank summed its share of every batch's mean
         row = {**{k: v / max(steps, 1) for k, v in sums.items()}, **{f"sel_{k}": v for k, v in metrics.items()},
                **extra}
         self.history.append(row)
@@ -203,9 +204,11 @@ def attach_pkd_projection(ctx: RunContext, student: nn.Module) -> None:
         student.add_pkd_projection(ctx.teacher.layer_width, int(ctx.cfg.seed))
 
 
-def accumulate(sums: dict[str, float], values: dict[str, float]) -> None:
+def accumulate(sums: dict[str, float], values: dict[str, float], share: float = 1.0) -> None:
+    """Add a batch's logged means; ``share``: this rank's part of the batch (``Runtime.share``), so that the sums
+    over ranks (:meth:`TrainingPhase.end_epoch`) are the whole batches' means."""
     for k, v in values.items():
-        sums[k] = sums.get(k, 0.0) + v
+        sums[k] = sums.get(k, 0.0) + v * share
 
 
 def _discover() -> None:

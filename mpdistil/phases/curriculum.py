@@ -169,7 +169,7 @@ class CurriculumPhase(Phase):
         for _ in range(self.steps):
             with torch.set_grad_enabled(learned and torch.is_grad_enabled()):
                 dist = self.policy(self.state(ctx))
-            action = int(dist.sample())
+            action = rt.world.broadcast(int(dist.sample()))  # rank 0's draw: every rank trains on one task
             if control is None:
                 log_probs.append(dist.log_prob(torch.tensor(action, device=rt.device)))
             else:
@@ -180,9 +180,9 @@ class CurriculumPhase(Phase):
             batch = next(iters[name])
             loss = self.student_loss(ctx, name, batch)
             if m.authors_episode_update:
-                rt.backward(loss, "student (curriculum)")
+                rt.backward(loss, "student (curriculum)", batch)
             else:
-                rt.step(loss, self.opt_student, "student (curriculum)")
+                rt.step(loss, self.opt_student, "student (curriculum)", batch=batch)
             rewards.append(self._reward(ctx, next(reward_batches), train_mode))
             actions.append(name)
             self.last_reward = rewards[-1]
@@ -219,9 +219,12 @@ class CurriculumPhase(Phase):
         with rt.autocast():
             logits = student(**model_inputs(batch)).logits.float()
         student.train(train_mode)
-        mt_logits = self.mt_quiz_logits[batch["index"].cpu()].to(rt.device)
-        return reward(logits, mt_logits, batch["labels"], ctx.task.kind, ctx.cfg.method.reward,
-                      len(ctx.splits["quiz"]))
+        # with several processes, the whole batch's logits: every rank computes the reward of the same batch
+        logits = rt.world.batch_rows(logits, batch)
+        index = batch.get("batch_index", batch["index"]).cpu()
+        quiz = ctx.splits["quiz"]
+        return reward(logits, self.mt_quiz_logits[index].to(rt.device), quiz.labels[index].to(rt.device),
+                      ctx.task.kind, ctx.cfg.method.reward, len(quiz))
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(ctx.student)

@@ -191,13 +191,14 @@ class DistillPhase(TrainingPhase):
                 loss, parts = distillation_loss(out.logits, targets, labels, kind, self.alpha, self.temperature,
                                                 self.soft_loss, self.beta, student_cls, teacher_cls,
                                                 soft_weights=soft_weights)
-            rt.step(loss, self.opt, self.name)
+            rt.step(loss, self.opt, self.name, batch=batch)
             if from_transfer:
-                accumulate(transfer_sums, {"loss": float(loss.detach()), **parts})
+                accumulate(transfer_sums, {"loss": float(loss.detach()), **parts}, rt.share(batch))
                 n_transfer += 1
             else:
-                accumulate(sums, {"loss": float(loss.detach()), **parts})
+                accumulate(sums, {"loss": float(loss.detach()), **parts}, rt.share(batch))
                 n += 1
+        transfer_sums = rt.world.sum_floats(transfer_sums)
         extra = {f"transfer_{k}": v / n_transfer for k, v in transfer_sums.items()}
         if self.frontier_log.epochs and self.frontier_log.epochs[-1]["epoch"] == epoch:
             extra["frontier_filtered"] = float(self.frontier_log.epochs[-1]["count"])

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from mpdistil.config import ConfigError
 from mpdistil.context import RunContext
 from mpdistil.losses import META_LOSSES
-from mpdistil.phases import Row, TrainingPhase, attach_pkd_projection, register_phase
+from mpdistil.phases import Row, TrainingPhase, accumulate, attach_pkd_projection, register_phase
 from mpdistil.pilot import PILOT_FIELDS, apply_gradient, cached_teacher_cls, check_pilot, pilot_gradient
 from mpdistil.training import predict
 
@@ -108,15 +108,15 @@ class MetaTeacherPhase(TrainingPhase):
                                                 batch["labels"], ctx.task.kind)
                 direct = torch.autograd.grad(loss, params, allow_unused=True)
                 grads = [g + weight_direct * (d if d is not None else 0) for g, d in zip(grads, direct)]
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                accumulate(sums, {"loss": float(loss.detach())}, rt.share(batch))
             if weight_direct < 1:
                 quiz = [batch] + [quiz_batches[(b + j) % len(quiz_batches)] for j in range(1, m.quiz_batches_per_step)]
                 inner = [next(train_iter) for _ in range(m.unroll_steps)]
                 pilot, stats = pilot_gradient(ctx, params, self._soft_targets(ctx, h_train), inner, quiz,
                                                teacher_cls)
                 grads = [g + (1 - weight_direct) * p for g, p in zip(grads, pilot)]
-                sums["pilot_quiz_loss"] = sums.get("pilot_quiz_loss", 0.0) + stats["outer_loss"]
-            apply_gradient(params, grads, self.opt, rt.grad_clip, "meta-teacher")
+                accumulate(sums, {"pilot_quiz_loss": stats["outer_loss"]}, rt.share(batch))
+            apply_gradient(params, grads, self.opt, rt, "meta-teacher", batch)
         self.mt.trained = True
         return self.end_epoch(ctx, self.mt, epoch, sums, len(quiz_batches),
                               lambda split: ctx.metrics_from_logits(ctx.meta_teacher_logits(split), split))

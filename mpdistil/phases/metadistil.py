@@ -94,15 +94,16 @@ class MetaDistilPhase(TrainingPhase):
             inner = [batch] + [next(extra) for _ in range(m.unroll_steps - 1)]
             quiz_batches = [next(quiz) for _ in range(m.quiz_batches_per_step)]
             grads, stats = pilot_gradient(ctx, self.params, self._soft, inner, quiz_batches)
-            apply_gradient(self.params, grads, self.opt_teacher, rt.grad_clip, "teacher (MetaDistil)")
+            apply_gradient(self.params, grads, self.opt_teacher, rt, "teacher (MetaDistil)", quiz_batches[0])
             with torch.no_grad(), rt.autocast():
                 soft = self._soft(batch)
             with rt.autocast():
                 out = student(**model_inputs(batch))
                 loss, parts = distillation_loss(out.logits, soft, batch["labels"], kind, m.alpha, m.temperature,
                                                 m.soft_loss)
-            rt.step(loss, self.opt_student, "student (MetaDistil)")
-            accumulate(sums, {"loss": float(loss.detach()), "quiz_loss": stats["outer_loss"], **parts})
+            rt.step(loss, self.opt_student, "student (MetaDistil)", batch=batch)
+            accumulate(sums, {"loss": float(loss.detach()), **parts}, rt.share(batch))
+            accumulate(sums, {"quiz_loss": stats["outer_loss"]}, rt.share(quiz_batches[0]))
             n += 1
         split = ctx.selection_split
         teacher_metrics = ctx.evaluate(self.teacher, split) if split else {}

@@ -17,7 +17,7 @@ from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
 from mpdistil.frontier import LABEL_NOISE_FIELDS, check_label_noise, flip_labels
 from mpdistil.losses import hard_loss
-from mpdistil.phases import Row, TrainingPhase, register_phase
+from mpdistil.phases import Row, TrainingPhase, accumulate, register_phase
 
 
 @register_phase("teacher")
@@ -55,7 +55,8 @@ class TeacherPhase(TrainingPhase):
     def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         teacher, rt = ctx.teacher, ctx.rt
         teacher.train(not ctx.cfg.method.authors_no_dropout)
-        total, n = 0.0, 0
+        sums: dict[str, float] = {}
+        n = 0
         batches = rt.batches(ctx.teacher_splits["train"], ctx.cfg.trainer.batch_size, shuffle=True,
                              generator=ctx.generator(1, epoch))
         for batch in tqdm(batches, desc=f"teacher {epoch + 1}", disable=not rt.progress, leave=False):
@@ -63,9 +64,10 @@ class TeacherPhase(TrainingPhase):
                 out = teacher(**model_inputs(batch))
             labels = batch["labels"] if self.labels is None else self.labels[batch["index"].cpu()].to(rt.device)
             loss = hard_loss(out.logits, labels, ctx.task.kind)
-            rt.step(loss, self.opt, "teacher")
-            total, n = total + float(loss.detach()), n + 1
-        return self.end_epoch(ctx, teacher, epoch, {"loss": total}, n)
+            rt.step(loss, self.opt, "teacher", batch=batch)
+            accumulate(sums, {"loss": float(loss.detach())}, rt.share(batch))
+            n += 1
+        return self.end_epoch(ctx, teacher, epoch, sums, n)
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(ctx.teacher)
