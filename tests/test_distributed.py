@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mpdistil.distributed import World
+from mpdistil.distributed import World, launched_world_size
 from tests.helpers import REPO, custom_task
 
 # dropout off: with it each rank draws its own masks, and no two process counts could agree
@@ -67,6 +67,19 @@ def test_shard_cuts_a_batch_into_contiguous_parts() -> None:
     # a batch smaller than the world: the rank without examples reads one with weight 0
     assert World(1, 2).shard([7]) == ([7], 1, 0)
     assert World().shard(batch) == (batch, 0, 7)
+
+
+def test_process_count_from_the_launcher_and_in_identities(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("WORLD_SIZE", "SUBMITIT_EXECUTOR", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert launched_world_size() == 1
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # inside an allocation, a plain `python main.py` is one process
+    assert launched_world_size() == 1
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # a job the submitit launcher started on 4 tasks
+    assert launched_world_size() == 4
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's count wins
+    assert launched_world_size() == 2
+    assert World().identity_fields() == {} and World(1, 2).identity_fields() == {"world_size": 2}
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from mpdistil import identity as ident
 from mpdistil.config import Config, choices, method_schema
+from mpdistil.distributed import World
 from mpdistil.groups import advance, group_identity, phase_groups
 from mpdistil.phases import PHASES
 from tests.helpers import custom_task, make_cfg, run_cfg
@@ -72,7 +73,7 @@ def _other(value: Any, kind: Any, key: str) -> Any:
 
 def identities(cfg: Any) -> list[str]:
     """The fingerprint of every cached group of a method, computed as a run chains them."""
-    ctx = SimpleNamespace(cfg=cfg, lineage={}, data_hash="data", transfer_hash="")
+    ctx = SimpleNamespace(cfg=cfg, lineage={}, data_hash="data", transfer_hash="", rt=SimpleNamespace(world=World()))
     out = []
     for index, names in enumerate(phase_groups(cfg)):
         phases = [PHASES[n]() for n in names]
