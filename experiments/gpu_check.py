@@ -13,7 +13,10 @@ With one it runs these checks, each recorded with its numbers, tolerance and pea
 - ``meta_gradient_cpu_vs_cuda``: the second-order pilot meta-gradient (``mpdistil.meta.meta_gradient``,
   both backends, MATH attention kernel) of a MiniLM-L6 student on CUDA against the CPU, in fp32;
 - ``anchor_timing``: the reference job of ``bench_anchor.py`` at a reduced size, timed on the GPU;
-- ``meta_step_timing``: a plain step against a second-order meta step (``bench_meta_step.py``) on the GPU.
+- ``meta_step_timing``: a plain step against a second-order meta step (``bench_meta_step.py``) on the GPU;
+- ``two_gpus_vs_one`` (with two GPUs or more): the tiny run data-parallel on two GPUs (torchrun, NCCL) against
+  the same run on one, with the same global batch and no pilot meta-gradient (each process takes its own
+  pilot step on its part of a batch, which one process does not reproduce), within the tiny run's tolerance.
 
 Every run is a fresh ``main.py`` process with its own empty cache folder, so each one trains every agent
 (a cached CPU teacher is never reused by the CUDA run) and reports its own peak GPU memory. The report
@@ -213,8 +216,10 @@ def relative_difference(a: float, b: float) -> float:
 
 def compare_runs(reference: Mapping[str, Any], other: Mapping[str, Any], tol: Tolerance,
                  reference_predictions: Optional[Mapping[str, Any]] = None,
-                 predictions: Optional[Mapping[str, Any]] = None) -> tuple[bool, dict]:
-    """Whether ``other`` (the CUDA run's results.json) matches ``reference`` (the CPU run's) within ``tol``.
+                 predictions: Optional[Mapping[str, Any]] = None,
+                 names: tuple[str, str] = ("cpu", "cuda")) -> tuple[bool, dict]:
+    """Whether ``other`` (the CUDA run's results.json) matches ``reference`` (the CPU run's) within ``tol``;
+    ``names`` label the two runs in the numbers and messages.
 
     Both runs must record the same losses and metrics. Each loss must be within ``tol.loss_rtol``; each
     row's dev accuracy within ``tol.examples`` examples' weight; with both runs' predictions.json, at most
@@ -235,20 +240,20 @@ def compare_runs(reference: Mapping[str, Any], other: Mapping[str, Any], tol: To
     losses = {}
     for key in sorted(set(ref_loss) & set(loss)):
         rel = relative_difference(ref_loss[key], loss[key])
-        losses[key] = {"cpu": ref_loss[key], "cuda": loss[key], "relative_difference": rel,
+        losses[key] = {names[0]: ref_loss[key], names[1]: loss[key], "relative_difference": rel,
                        "ok": rel <= tol.loss_rtol}
         if not losses[key]["ok"]:
-            problems.append(f"{key} {ref_loss[key]:.6g} (CPU) vs {loss[key]:.6g} (CUDA): "
+            problems.append(f"{key} {ref_loss[key]:.6g} ({names[0]}) vs {loss[key]:.6g} ({names[1]}): "
                             f"relative difference {rel:.3g} > {tol.loss_rtol:g}")
     metrics = {}
     for key in sorted(set(ref_metric) & set(metric)):
         diff = abs(ref_metric[key] - metric[key]) if math.isfinite(ref_metric[key] - metric[key]) else math.inf
         gated = key.endswith("/accuracy")
         ok = diff <= metric_tol + 1e-9 if gated else None
-        metrics[key] = {"cpu": ref_metric[key], "cuda": metric[key], "difference": diff, "ok": ok}
+        metrics[key] = {names[0]: ref_metric[key], names[1]: metric[key], "difference": diff, "ok": ok}
         if ok is False:
-            problems.append(f"{key} {ref_metric[key]:.4f} (CPU) vs {metric[key]:.4f} (CUDA): difference {diff:.4f} "
-                            f"> {metric_tol:.4f} ({tol.examples} of {n} dev examples)")
+            problems.append(f"{key} {ref_metric[key]:.4f} ({names[0]}) vs {metric[key]:.4f} ({names[1]}): "
+                            f"difference {diff:.4f} > {metric_tol:.4f} ({tol.examples} of {n} dev examples)")
     numbers = {"final_losses": losses, "dev_metrics": metrics, "dev_examples": n, "metric_tolerance": metric_tol}
     if reference_predictions is not None and predictions is not None:
         numbers["changed_predictions"] = changed = changed_predictions(reference_predictions, predictions)
@@ -440,11 +445,14 @@ class Run:
         return self.results.get("memory", {}).get("peak_cuda_mb")
 
 
-def main_py(overrides: list[str], workdir: Path, timeout: float = 900) -> Run:
-    """``main.py`` with ``overrides`` in a fresh process and a fresh cache folder under ``workdir``."""
+def main_py(overrides: list[str], workdir: Path, timeout: float = 900, processes: int = 1) -> Run:
+    """``main.py`` with ``overrides`` in a fresh process (``processes`` > 1: that many, through torchrun) and a
+    fresh cache folder under ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "run"
-    cmd = [sys.executable, str(REPO / "main.py"), *overrides, f"hydra.run.dir={out}", f"cache_dir={workdir / 'cache'}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] \
+        if processes > 1 else [sys.executable]
+    cmd = [*launcher, str(REPO / "main.py"), *overrides, f"hydra.run.dir={out}", f"cache_dir={workdir / 'cache'}"]
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}  # every model comes from PyPI
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout, check=False)
@@ -469,6 +477,22 @@ def check_cpu_vs_cuda(overrides: list[str], tol: Tolerance, workdir: Path) -> tu
                     "phase_s": {"cpu": cpu.results.get("time"), "cuda": cuda.results.get("time")},
                     "nondeterministic_op_warnings": cuda.warnings, "overrides": portable(overrides, workdir)})
     return passed, numbers, cuda.peak_gpu_mb
+
+
+def check_two_gpus(overrides: list[str], tol: Tolerance, workdir: Path) -> tuple[bool, dict, Optional[float]]:
+    """The same run on one GPU and data-parallel on two (torchrun, NCCL), with the same global batch."""
+    one = main_py([*overrides, *on("cuda")], workdir / "one")
+    two = main_py([*overrides, *on("cuda")], workdir / "two", processes=2)
+    passed, numbers = compare_runs(one.results, two.results, tol, one.predictions, two.predictions,
+                                   names=("one_gpu", "two_gpus"))
+    world = two.results.get("distributed", {})
+    if world.get("world_size") != 2 or world.get("backend") != "nccl":
+        passed = False
+        numbers["problems"].append(f"the two-GPU run reports {world.get('world_size')} process(es) on "
+                                   f"{world.get('backend')!r}, not 2 on 'nccl'")
+    numbers.update({"wall_s": {"one_gpu": one.wall_s, "two_gpus": two.wall_s}, "ranks": world.get("ranks"),
+                    "overrides": portable(overrides, workdir)})
+    return passed, numbers, two.peak_gpu_mb
 
 
 def check_precision(overrides: list[str], precision: str, workdir: Path) -> tuple[bool, dict, Optional[float]]:
@@ -586,6 +610,10 @@ SANE = (f"finite training losses and fidelity numbers, dev metrics in [0, 1], ev
 def run_all(data_dir: Path, workdir: Path) -> list[CheckResult]:
     task_dir = write_polarity_task(workdir / "polarity")
     minilm = [*minilm_overrides(task_dir)]
+    two_gpus = [run_check("two_gpus_vs_one", TINY.describe(),
+                          lambda: check_two_gpus([*tiny_overrides(FIXTURE_SUPERGLUE), *COMPARABLE,
+                                                  "method.meta_objective=direct"], TINY, workdir / "two_gpus"))
+                ] if torch.cuda.device_count() >= 2 else []
     return [
         run_check("tiny_cpu_vs_cuda", TINY.describe(),
                   lambda: check_cpu_vs_cuda([*tiny_overrides(FIXTURE_SUPERGLUE), *COMPARABLE], TINY,
@@ -601,6 +629,7 @@ def run_all(data_dir: Path, workdir: Path) -> list[CheckResult]:
                   lambda: check_anchor_timing(data_dir, workdir / "anchor")),
         run_check("meta_step_timing", "times only: every mode runs on CUDA",
                   lambda: check_meta_step_timing(workdir / "meta_step")),
+        *two_gpus,
     ]
 
 
