@@ -94,6 +94,11 @@ class MethodConfig:
     teacher_noise: str = "none"  # none | label_flip | logit_gauss
     teacher_noise_rate: float = 0.1  # label_flip: fraction of train' labels flipped to another class
     teacher_noise_scale: float = 1.0  # logit_gauss: std of the noise added to each soft-target logit
+    # final | checkpoints: distil from the teacher's per-epoch checkpoints in order, the final one last
+    # (needs trainer.keep_teacher_checkpoints=true); null schedule_agreement spreads them evenly over the
+    # student's epochs, a number moves on once the student agrees with the current one on that share of train'
+    teacher_schedule: str = "final"
+    schedule_agreement: Optional[float] = None
     # none | linear: a learned map per student layer from the student's [CLS] width to the teacher's (β > 0)
     pkd_projection: str = "none"
     # phase 3
@@ -173,6 +178,9 @@ class TrainerConfig:
     # recompute each layer's activations in backward instead of storing them (HF gradient checkpointing) for the
     # models being trained: less memory, about one more forward per step, the same numbers
     gradient_checkpointing: bool = False
+    # phase 1 keeps the teacher's weights after every epoch (in memory, its cache entry and run checkpoints: one
+    # teacher's size per epoch), for method.teacher_schedule=checkpoints
+    keep_teacher_checkpoints: bool = False
 
 
 @dataclass
@@ -271,6 +279,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "method.frontier_filter": ("none", "student_prob", "kl_quantile"),
         "method.frontier_mode": ("drop", "weight"),
         "method.teacher_noise": ("none", "label_flip", "logit_gauss"),
+        "method.teacher_schedule": ("final", "checkpoints"),
         "method.pkd_projection": ("none", "linear"),
         "method.meta_loss": (*META_LOSSES, "none"),
         "method.meta_teacher": ("head", "mlp"),

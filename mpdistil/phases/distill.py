@@ -33,6 +33,7 @@ from mpdistil.phases import (
     check_student,
     register_phase,
 )
+from mpdistil.schedule import SCHEDULE_FIELDS, TeacherSchedule, check_schedule
 from mpdistil.training import predict
 
 
@@ -62,7 +63,8 @@ class DistillPhase(TrainingPhase):
     reads = ("teacher", "student", "meta_teacher")
     cache = "students"
     fields = STUDENT_FIELDS + ("method.alpha", "method.beta", "method.temperature", "method.soft_loss",
-                               "method.layer_map", "method.meta_input", "method.pkd_projection") + SOFT_TERM_FIELDS
+                               "method.layer_map", "method.meta_input", "method.pkd_projection") + SOFT_TERM_FIELDS \
+        + SCHEDULE_FIELDS
     distilled = True
     reads_transfer = True
     salt = 2
@@ -72,6 +74,7 @@ class DistillPhase(TrainingPhase):
         check_student(cfg)
         check_distillation(cfg)
         check_frontier(cfg)
+        check_schedule(cfg, cls.used(cfg))
         m = cfg.method
         if cfg.data.transfer and cls.used(cfg) and (m.frontier_filter != "none" or m.teacher_noise == "logit_gauss"):
             raise ConfigError("data.transfer with method.frontier_filter or method.teacher_noise=logit_gauss is not "
@@ -95,11 +98,18 @@ class DistillPhase(TrainingPhase):
         self.opt = ctx.rt.optimizer(self.model.parameters(), m.student_lr)
         ctx.optimizers[self.trains[0]] = self.opt
         self.pairs = layer_map(self.model.num_layers, ctx.teacher.num_layers, m.layer_map) if self.beta > 0 else []
-        self.cache_out = ctx.teacher_cache("train") if self.distilled else None
         # the transfer split: inputs only the teacher labels, so only a phase with a soft or PKD term reads them
         self.transfer = ctx.splits.get("transfer") if self.reads_transfer and (self.alpha > 0 or self.beta > 0) \
             else None
-        self.transfer_out = ctx.teacher_cache("transfer") if self.transfer is not None else None
+        # the frozen teacher's outputs the soft and PKD terms read, per split: the final teacher's, or with
+        # method.teacher_schedule=checkpoints the current checkpoint's (set at the start of every epoch)
+        self.schedule = TeacherSchedule(ctx, ctx.agents["teacher_checkpoints"],
+                                        ctx.records["teacher"]["best_epoch"]) \
+            if self.distilled and m.teacher_schedule == "checkpoints" else None
+        self.out: dict[str, dict[str, torch.Tensor]] = {}
+        if self.distilled:
+            self.out = {split: ctx.teacher_cache(split) for split in ("train", "transfer")
+                        if split == "train" or self.transfer is not None}
         self.start_frontier(ctx)
 
     def start_frontier(self, ctx: RunContext) -> None:
@@ -109,21 +119,21 @@ class DistillPhase(TrainingPhase):
         self.frontier = (m.frontier_filter, m.frontier_keep, m.frontier_warmup, m.frontier_mode) \
             if soft and m.frontier_filter != "none" else None
         self.frontier_log = FrontierLog()
-        self.noise = logit_noise(tuple(self.cache_out["logits"].shape), m.teacher_noise_scale, ctx.generator(10)) \
+        self.noise = logit_noise(tuple(self.out["train"]["logits"].shape), m.teacher_noise_scale, ctx.generator(10)) \
             if soft and m.teacher_noise == "logit_gauss" else None
 
     def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
-                     cache: Optional[dict[str, torch.Tensor]] = None) -> Optional[torch.Tensor]:
-        """Soft targets of examples ``idx`` of the split whose frozen-teacher ``cache`` is given (default train′)."""
+                     split: str = "train") -> Optional[torch.Tensor]:
+        """Soft targets of examples ``idx`` of ``split`` (train′ or transfer): T′'s once phase 3 has trained it (it
+        reads the final teacher's representations), else the frozen teacher's."""
         if self.alpha == 0:
             return None
-        cache = self.cache_out if cache is None else cache
         mt = ctx.agents.get("meta_teacher")
         if mt is not None and mt.trained:
-            h = ctx.representation(cache)[idx]
+            h = ctx.representation(ctx.teacher_cache(split))[idx]
             with torch.no_grad():
                 return mt(h.view(-1, h.shape[-1]).to(ctx.rt.device), "teacher", choices)
-        return cache["logits"][idx].to(ctx.rt.device)
+        return self.out[split]["logits"][idx].to(ctx.rt.device)
 
     def targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
         """The soft targets the student is distilled towards: :meth:`soft_targets` plus the fixed logit noise of
@@ -162,8 +172,19 @@ class DistillPhase(TrainingPhase):
         order = torch.randperm(len(both), generator=ctx.generator(self.salt, epoch, 2)).tolist()
         return [both[i] for i in order]
 
+    def follow_schedule(self, ctx: RunContext, epoch: int) -> None:
+        """With a teacher schedule: this epoch's checkpoint, and its outputs as the frozen teacher's."""
+        if self.schedule is None:
+            return
+        agreeing = ctx.cfg.method.schedule_agreement is not None and epoch > 0
+        student = predict(self.model, ctx.splits["train"], ctx.rt)["logits"] if agreeing else None
+        layers = ctx.mapped_teacher_layers() if self.beta > 0 else []
+        self.schedule.choose(ctx, epoch, layers, student)
+        self.out = {split: self.schedule.outputs(ctx, split, layers) for split in self.out}
+
     def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         rt, m, kind = ctx.rt, ctx.cfg.method, ctx.task.kind
+        self.follow_schedule(ctx, epoch)
         weights = self.frontier_weights(ctx, epoch)
         self.model.train(not m.authors_no_dropout)
         choices = ctx.splits["train"].num_choices
@@ -174,7 +195,7 @@ class DistillPhase(TrainingPhase):
         for from_transfer, batch in tqdm(batches, desc=f"{self.name} {epoch + 1}", disable=not rt.progress,
                                          leave=False):
             idx = batch["index"].cpu()
-            cache = self.transfer_out if from_transfer else self.cache_out
+            cache = self.out.get("transfer" if from_transfer else "train")  # none for the undistilled student
             with rt.autocast():
                 out = self.model(**model_inputs(batch), output_hidden=bool(self.pairs))
                 student_cls = teacher_cls = None
@@ -184,7 +205,7 @@ class DistillPhase(TrainingPhase):
                     t = t.view(-1, t.shape[-2], t.shape[-1])
                     teacher_cls = [t[:, j] for j in range(len(self.pairs))]
                 if from_transfer:  # no label: the soft and PKD terms alone, on the teacher's (or T''s) targets
-                    targets, labels, soft_weights = self.soft_targets(ctx, idx, choices, cache), None, None
+                    targets, labels, soft_weights = self.soft_targets(ctx, idx, choices, "transfer"), None, None
                 else:
                     targets, labels = self.targets(ctx, idx, choices), batch["labels"]
                     soft_weights = None if weights is None else weights[idx].to(rt.device)
@@ -210,11 +231,13 @@ class DistillPhase(TrainingPhase):
                   "alpha": self.alpha, "beta": self.beta}
         if self.transfer is not None:
             record["transfer"] = {"examples": len(self.transfer),
-                                  **teacher_confidence(self.transfer_out["logits"], ctx.task.kind)}
+                                  **teacher_confidence(ctx.teacher_cache("transfer")["logits"], ctx.task.kind)}
         if self.frontier is not None:
             criterion, keep, warmup, mode = self.frontier
             record["frontier"] = {"criterion": criterion, "keep": keep, "warmup": warmup, "mode": mode,
                                   **self.frontier_log.state_dict(), "summary": self.frontier_log.summary()}
+        if self.schedule is not None:
+            record["teacher_schedule"] = self.schedule.record()
         if self.noise is not None:
             record["teacher_noise"] = {"kind": "logit_gauss", "scale": ctx.cfg.method.teacher_noise_scale,
                                        "realised_std": float(self.noise.std()) if self.noise.numel() > 1 else 0.0,
@@ -222,12 +245,15 @@ class DistillPhase(TrainingPhase):
         return record
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "frontier": self.frontier_log.state_dict()}
+        return {**super().state_dict(), "frontier": self.frontier_log.state_dict(),
+                **({"schedule": self.schedule.state_dict()} if self.schedule is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if "frontier" in state:
             self.frontier_log.load_state_dict(state["frontier"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
 
     def close(self, ctx: RunContext) -> None:
         ctx.optimizers.pop(self.trains[0], None)
@@ -267,6 +293,5 @@ class KDBaselinePhase(DistillPhase):
         return fresh_student(ctx, "kd")
 
     def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
-                     cache: Optional[dict[str, torch.Tensor]] = None) -> Optional[torch.Tensor]:
-        cache = self.cache_out if cache is None else cache
-        return cache["logits"][idx].to(ctx.rt.device) if self.alpha > 0 else None
+                     split: str = "train") -> Optional[torch.Tensor]:
+        return self.out[split]["logits"][idx].to(ctx.rt.device) if self.alpha > 0 else None

@@ -18,6 +18,7 @@ from mpdistil.data.encode import model_inputs
 from mpdistil.frontier import LABEL_NOISE_FIELDS, check_label_noise, flip_labels
 from mpdistil.losses import hard_loss
 from mpdistil.phases import Row, TrainingPhase, accumulate, register_phase
+from mpdistil.schedule import CheckpointBank
 
 
 @register_phase("teacher")
@@ -26,7 +27,7 @@ class TeacherPhase(TrainingPhase):
     trains = ("teacher",)
     cache = "teachers"
     fields = ("model.teacher", "method.teacher_epochs", "method.teacher_lr",
-              "method.authors_no_dropout") + LABEL_NOISE_FIELDS
+              "method.authors_no_dropout", "trainer.keep_teacher_checkpoints") + LABEL_NOISE_FIELDS
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -39,6 +40,15 @@ class TeacherPhase(TrainingPhase):
 
     def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.teacher_epochs
+
+    def prepare(self, ctx: RunContext) -> None:
+        if ctx.cfg.trainer.keep_teacher_checkpoints and "teacher_checkpoints" not in ctx.agents:
+            ctx.agents["teacher_checkpoints"] = CheckpointBank()
+
+    def modules(self, ctx: RunContext) -> dict[str, torch.nn.Module]:
+        """The teacher, and its per-epoch checkpoints when kept (so a cached teacher has them too)."""
+        bank = ctx.agents.get("teacher_checkpoints")
+        return {"teacher": ctx.teacher, **({"teacher_checkpoints": bank} if bank is not None else {})}
 
     def start(self, ctx: RunContext) -> None:
         self.opt = ctx.rt.optimizer(ctx.teacher.parameters(), ctx.cfg.method.teacher_lr)
@@ -67,9 +77,13 @@ class TeacherPhase(TrainingPhase):
             rt.step(loss, self.opt, "teacher", batch=batch)
             accumulate(sums, {"loss": float(loss.detach())}, rt.share(batch))
             n += 1
+        if "teacher_checkpoints" in ctx.agents:
+            ctx.agents["teacher_checkpoints"].add(epoch, teacher)
         return self.end_epoch(ctx, teacher, epoch, sums, n)
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(ctx.teacher)
+        bank = ctx.agents.get("teacher_checkpoints")
         return {"best_epoch": self.best.epoch, "selection": self.best.metrics, "history": self.history,
-                **({"teacher_noise": self.noise} if self.noise else {})}
+                **({"teacher_noise": self.noise} if self.noise else {}),
+                **({"kept_checkpoints": bank.epochs} if bank is not None else {})}
