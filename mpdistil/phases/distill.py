@@ -74,8 +74,8 @@ class DistillPhase(TrainingPhase):
         check_frontier(cfg)
         m = cfg.method
         if cfg.data.transfer and cls.used(cfg) and m.teacher_noise == "logit_gauss":
-            raise ConfigError("data.transfer with method.teacher_noise=logit_gauss is not supported (the noise is drawn "
-                              "for train' targets only); set method.teacher_noise=none or label_flip, or "
+            raise ConfigError("data.transfer with method.teacher_noise=logit_gauss is not supported (the noise is "
+                              "drawn for train' targets only); set method.teacher_noise=none or label_flip, or "
                               "data.transfer=[]")
 
     def epochs(self, ctx: RunContext) -> int:
