@@ -78,15 +78,17 @@ def teacher_layers(cfg: Any) -> int | None:
         return None
 
 
-def check_task_data(task: str, data_dir: str | None) -> None:
-    """A task that cannot find its data fails here, in one line, before any sweep starts."""
+def task_data_dir(task: str, data_dir: str | None) -> str | None:
+    """The data_dir a task's runs get: the benchmark folder, except for tasks that fetch their own data (the sentiment
+    suite from PyPI), which a benchmark folder would mislead. A task that cannot find its data fails here, in one
+    line, before any sweep starts."""
     from mpdistil.data.registry import get_task_spec, locate_task_dir
     from mpdistil.data.types import DataError
 
     try:
         spec = get_task_spec(task)
-        if spec.loader is not None:  # the sentiment suite: fetched from PyPI into the cache by the first run
-            return
+        if spec.loader is not None:
+            return None
         if data_dir:
             locate_task_dir(spec, data_dir)
         elif os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -96,6 +98,7 @@ def check_task_data(task: str, data_dir: str | None) -> None:
             )
     except DataError as exc:
         raise fail(str(exc)) from None
+    return data_dir
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -106,17 +109,16 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         raise fail(f"unknown grid {args.grid!r}; use --grid {' or --grid '.join(GRIDS)}")
     tasks = args.tasks or DEFAULT_TASKS[args.grid]
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
-    for task in tasks:
-        check_task_data(task, data_dir)
+    folders = {task: task_data_dir(task, data_dir) for task in tasks}
     root = Path(args.runs_root).expanduser().resolve()
-    common = [
-        *([f"data_dir={hydra_value(data_dir)}"] if data_dir else []),
-        *([f"hydra/launcher={args.launcher}"] if args.launcher else []),
-    ]
     sentiment = [t for t in task_presets() if t.startswith("sentiment_")]
     sweeps, counts = [], []
     for task in tasks:
-        cfg = compose(task, data_dir, extra)
+        common = [
+            *([f"data_dir={hydra_value(folders[task])}"] if folders[task] else []),
+            *([f"hydra/launcher={args.launcher}"] if args.launcher else []),
+        ]
+        cfg = compose(task, folders[task], extra)
         sources = coverage_sources(task, get_task_spec(task).benchmark, sentiment)
         centre = {"student_layers": cfg.model.student_layers, "temperature": cfg.method.temperature}
         depth = teacher_layers(cfg)

@@ -337,3 +337,17 @@ def test_wandb_logging_without_wandb_fails_in_one_line_before_any_work(tmp_path:
     with pytest.raises(SystemExit, match=r"^error: --wandb needs the wandb package; pip install wandb"):
         paradox.main(["render", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--wandb"])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_benchmark_folder_goes_only_to_tasks_that_read_it(capsys: pytest.CaptureFixture[str]) -> None:
+    fixtures = str(REPO / "tests" / "fixtures")
+    args = ["run", "--grid", "cpu", "--tasks", "sentiment_movies", "cb", "--seeds", "1", "--data-dir", fixtures]
+    assert paradox.main([*args, "--dry-run", "--", "model=tiny"]) == 0
+    commands = [shlex.split(ln) for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")]
+    for cmd in commands:
+        assert (f"data_dir={fixtures}" in cmd) == ("task=cb" in cmd)
+        if "task=cb" in cmd and "data.transfer_size=4x" in cmd:
+            assert {"data.transfer=[augment]", "data.augment_multiplier=4"} <= set(cmd)
+    # a 4-layer teacher: student depths 1, 2 and 3 only (2, the tiny model's, is the centre)
+    assert len(commands) == 2 * (1 + 2 + 3 + 2 + 2 + 1 + 1)
+    assert not any("model.student_layers=6" in cmd for cmd in commands)
