@@ -153,7 +153,9 @@ def log_wandb(out: Path, plots: Sequence[str], csv_path: Path) -> None:
 
     import wandb
 
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mpdistil"), job_type="paradox", name=out.name)
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "mpdistil"), job_type="paradox", name=out.name, dir=str(out)
+    )
     with open(csv_path, newline="") as f:
         rows = list(csv.reader(f))
     run.log(

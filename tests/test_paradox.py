@@ -351,3 +351,44 @@ def test_the_benchmark_folder_goes_only_to_tasks_that_read_it(capsys: pytest.Cap
     # a 4-layer teacher: student depths 1, 2 and 3 only (2, the tiny model's, is the centre)
     assert len(commands) == 2 * (1 + 2 + 3 + 2 + 2 + 1 + 1)
     assert not any("model.student_layers=6" in cmd for cmd in commands)
+
+
+def point(gain: float, **levels: str) -> dict[str, Any]:
+    centre = {
+        "student_layers": "3",
+        "temperature": "5.0",
+        "teacher_noise": "none",
+        "coverage": "none",
+        "frontier": "none",
+        "student_init": "pretrained",
+    }
+    return {"task": "cb", **centre, **levels, "gain": gain, "vs_teacher": gain - 5, "agreement": 0.9}
+
+
+def test_level_means_hold_a_centre_in_a_one_factor_design_and_pool_in_a_factorial() -> None:
+    # one factor at a time: the temperature's levels are compared at the centre only, not with the random-init run
+    ofat = [
+        point(1.0),
+        point(3.0, temperature="10.0"),
+        point(-4.0, student_init="random"),
+        point(2.0, frontier="student_prob"),
+    ]
+    means = {(m.factor, m.level): m for m in study.level_means(ofat)}
+    assert means[("cb: temperature", "5.0")].gain == 1.0 and means[("cb: temperature", "5.0")].n == 1
+    assert means[("cb: temperature", "10.0")].held == "others at centre"
+    # a 2 x 2 factorial: each level's mean is over both levels of the other factor
+    grid = [
+        point(g, frontier=f, student_init=i)
+        for g, f, i in (
+            (0.0, "none", "pretrained"),
+            (2.0, "student_prob", "pretrained"),
+            (-4.0, "none", "random"),
+            (-1.0, "student_prob", "random"),
+        )
+    ]
+    means = {(m.factor, m.level): m for m in study.level_means(grid)}
+    assert means[("cb: frontier", "none")].gain == -2.0 and means[("cb: frontier", "student_prob")].gain == 0.5
+    assert (
+        means[("cb: student_init", "random")].n == 2
+        and means[("cb: student_init", "random")].held == "averaged over the others"
+    )

@@ -7,9 +7,8 @@ student's fidelity to the teacher (agreement, KL, ECE, attribution similarity). 
 - Spearman ρ of the gain with each fidelity measure (and teacher score, student size), with a 95%
   percentile interval from resampling runs with replacement (resamples in which either side is constant
   have no ρ and are left out);
-- per grid factor, the mean gain at each level, with the other factors held at their most frequent level
-  where one level is the most frequent (a one-factor-at-a-time centre) and averaged over where the levels
-  are balanced (a factorial);
+- per grid factor, the mean gain at each level, with each other factor held at the level over two thirds of
+  the runs share (a one-factor-at-a-time centre) or averaged over when no level does (a factorial);
 - every run whose student is above its teacher, with the paired bootstrap over dev examples of
   student − teacher from its predictions.json (``bootstrap.py``): ``beats`` only when the interval excludes 0.
 
@@ -34,6 +33,7 @@ from .predictions import from_run, read_run_predictions
 from .scan import Run, scan_notes, scan_runs
 
 MIN_POINTS = 3
+CENTRE_SHARE = 2 / 3
 FACTORS = ("student_layers", "temperature", "teacher_noise", "coverage", "frontier", "student_init")
 MEASURES: tuple[tuple[str, str], ...] = (
     ("agreement", "agreement with the teacher"),
@@ -285,10 +285,11 @@ def _level_order(values: Iterable[str]) -> list[str]:
     return sorted(set(values), key=key)
 
 
-def _mode(values: Sequence[str]) -> str | None:
-    """The most frequent value when one is more frequent than every other, else None (balanced)."""
-    counts = sorted(((values.count(v), v) for v in set(values)), reverse=True)
-    return counts[0][1] if len(counts) == 1 or counts[0][0] > counts[1][0] else None
+def _centre(values: Sequence[str]) -> str | None:
+    """The level more than ``CENTRE_SHARE`` of the runs share (a one-factor-at-a-time centre), else None: in a
+    factorial every level has its even share, also when a few runs failed."""
+    top = max(set(values), key=values.count)
+    return top if values.count(top) > CENTRE_SHARE * len(values) else None
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,21 @@ class LevelMean:
     vs_teacher: float
     above_teacher: int
     agreement: float
-    held: str  # how the other factors were held: "others at centre" or "pooled"
+    held: str  # how the other factors were treated (:func:`holding`)
+
+
+def holding(rows: Sequence[Record], centres: dict[str, str | None]) -> str:
+    """How the other factors that vary among ``rows`` were treated: held at their centre, or averaged over."""
+    varying = [f for f in centres if len({r[f] for r in rows}) > 1]
+    at_centre = [f for f in varying if centres[f] is not None]
+    averaged = [f for f in varying if centres[f] is None]
+    if not varying:
+        return "no other factor varies"
+    if not averaged:
+        return "others at centre"
+    if not at_centre:
+        return "averaged over the others"
+    return f"{', '.join(at_centre)} at centre; averaged over {', '.join(averaged)}"
 
 
 def level_means(records: Sequence[Record]) -> list[LevelMean]:
@@ -310,9 +325,9 @@ def level_means(records: Sequence[Record]) -> list[LevelMean]:
     for task in sorted({r["task"] for r in records}):
         rows = [r for r in records if r["task"] == task]
         for factor in FACTORS:
-            others = {f: _mode([r[f] for r in rows]) for f in FACTORS if f != factor}
+            others = {f: _centre([r[f] for r in rows]) for f in FACTORS if f != factor}
             held = [r for r in rows if all(m is None or r[f] == m for f, m in others.items())]
-            how = "others at centre" if any(m is not None for m in others.values()) else "pooled"
+            how = holding(rows, others)
             values = _level_order(r[factor] for r in held)
             if len(values) < 2:
                 continue
