@@ -44,6 +44,7 @@ def gain_plot(records: Sequence[Record], corrs: Sequence[Correlation], path: Pat
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), squeeze=False)
     for ax, (key, label) in zip(axes.flat, MEASURES):
         _scatter(ax, records, key, "gain", "task")
+        ax.set_xlabel(label, fontsize=8)
         c = pooled.get(key)
         if c is not None and not c.reason:
             label += f"\nρ={fmt(c.rho, 2)} [{fmt(c.lo, 2)}, {fmt(c.hi, 2)}], n={c.n}"
