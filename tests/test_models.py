@@ -77,6 +77,25 @@ def test_exported_student_reloads_with_identical_predictions(tmp_path, tokenizer
     assert reloaded.config.id2label == {0: "neg", 1: "pos"}
 
 
+def test_a_random_init_student_has_the_pretrained_shapes_new_values_from_the_seed_and_leaves_the_teacher():
+    teacher, pretrained, _ = build_agents(tiny_cfg(), "t", "classification", 3, ["a", "b", "c"], seed=0)
+    teacher_r, random_a, sources = build_agents(tiny_cfg(student_init="random"), "t", "classification", 3,
+                                                ["a", "b", "c"], seed=0)
+    _, random_b, _ = build_agents(tiny_cfg(student_init="random"), "t", "classification", 3, ["a", "b", "c"], seed=0)
+    _, random_c, _ = build_agents(tiny_cfg(student_init="random"), "t", "classification", 3, ["a", "b", "c"], seed=1)
+    p, a, b, c = (m.hf.state_dict() for m in (pretrained, random_a, random_b, random_c))
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in p.items()}
+    weights = [k for k, v in p.items() if v.is_floating_point() and v.dim() == 2]
+    assert any("word_embeddings" in k for k in weights) and any("encoder.layer.0" in k for k in weights)
+    for key in weights:
+        assert not torch.equal(a[key], p[key]), key  # embeddings and every layer re-drawn, none kept
+        assert not torch.equal(a[key], c[key]), key  # another seed, other weights
+        assert torch.equal(a[key], b[key]), key  # the same seed, the same weights
+    for key, value in teacher.hf.state_dict().items():
+        assert torch.equal(value, teacher_r.hf.state_dict()[key]), key
+    assert "random init" in sources["student"]
+
+
 def test_student_deeper_than_teacher_is_refused():
     with pytest.raises(ConfigError, match="exceeds"):
         build_agents(tiny_cfg(student_layers=9), "t", "classification", 2, ["a", "b"], seed=0)

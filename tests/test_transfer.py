@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_sizes_parse_as_counts_or_multiples():
     (["data.transfer=[augment]", "data.transfer_size=lots"], "data.transfer_size"),
     (["data.transfer=[augment]", "data.augment_rate=0"], "data.augment_rate"),
     (["data.transfer=[augment]", "method=metadistil"], "not to metadistil"),
-    (["data.transfer=[augment]", "method=kd", "method.frontier_filter=student_prob"], "frontier_filter"),
+    (["data.transfer=[augment]", "method=kd", "method.teacher_noise=logit_gauss"], "drawn for train' targets only"),
 ])
 def test_impossible_transfer_settings_are_refused_before_any_work(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -136,3 +137,37 @@ def test_a_run_distils_on_the_transfer_set_and_keeps_the_caches_it_does_not_touc
     assert not kd["cached"]
     assert run["agents"]["teacher"] == plain["agents"]["teacher"]
     assert kd["history"] != plain["phases"]["distill"]["history"]
+
+
+def test_frontier_filtering_beside_a_transfer_set_ranks_train_only_and_distils_every_transfer_target(
+        tmp_path, monkeypatch):
+    from mpdistil.phases import distill as distill_module
+
+    calls: list[tuple[bool, list[int], Any]] = []  # (transfer batch?, indices, soft weights) of the distilled student
+    real_loss, real_inputs, seen = distill_module.distillation_loss, distill_module.model_inputs, {}
+
+    def inputs(batch, *args, **kwargs):
+        seen["index"] = batch["index"].tolist()
+        return real_inputs(batch, *args, **kwargs)
+
+    def loss(*args, **kwargs):
+        if args[4] > 0:
+            calls.append((args[2] is None, seen["index"], kwargs.get("soft_weights")))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "model_inputs", inputs)
+    monkeypatch.setattr(distill_module, "distillation_loss", loss)
+    run = run_cfg(tmp_path / "run", *custom_task(tmp_path), "method=kd", "method.student_epochs=2",
+                  "data.transfer=[augment]", "data.transfer_size=1x", "method.frontier_filter=student_prob",
+                  "method.frontier_keep=0.5", "method.frontier_warmup=1")
+    kd, n, size = run["phases"]["distill"], run["task"]["sizes"]["train"], run["task"]["transfer"]["size"]
+    frontier = kd["frontier"]
+    assert frontier["transfer_unfiltered"] == size == kd["transfer"]["examples"] == n
+    assert [(e["epoch"], e["n"], e["count"]) for e in frontier["epochs"]] == [(1, n, round(0.5 * n))]
+    last = calls[len(calls) // 2:]  # two epochs of the same batches: the second is the filtered one
+    transfer = [(idx, w) for from_transfer, idx, w in last if from_transfer]
+    assert sorted(i for idx, _ in transfer for i in idx) == list(range(size))  # every transfer target, once
+    assert all(w is None for _, w in transfer)
+    dropped = sorted(i for from_transfer, idx, w in last if not from_transfer
+                     for i, v in zip(idx, w.tolist()) if v == 0.0)
+    assert dropped == frontier["epochs"][0]["filtered"]

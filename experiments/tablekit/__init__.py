@@ -9,8 +9,11 @@
 - ``stats``: per-seed values, mean ± std over seeds, paired comparisons, the majority-class baseline
   and how numbers are printed;
 - ``render``: the markdown and CSV tables, for the paper tables and for the ablation;
-- ``launch``: the Hydra multiruns that produce a table's runs.
+- ``launch``: the Hydra multiruns that produce a table's runs;
+- ``grid``, ``study``, ``study_plots``: the generalisation-vs-fidelity study of ``experiments/paradox.py``: its
+  grids as multiruns, and its correlations, per-level means, paired student-vs-teacher intervals and figures.
 
 The modules import ``paper_tables`` (the paper's numbers) as a top-level module, so ``experiments/``
-must be on ``sys.path``; ``experiments/tables.py`` puts it there. Nothing in ``mpdistil/`` imports this.
+must be on ``sys.path``; ``experiments/tables.py`` and ``experiments/paradox.py`` put it there. Nothing in
+``mpdistil/`` imports this.
 """

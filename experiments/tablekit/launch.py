@@ -49,7 +49,7 @@ def is_sweep(override: str) -> bool:
     return "," in value or value.startswith(("choice(", "range(", "glob(", "interval("))
 
 
-def _suffix(extra: Sequence[str]) -> str:
+def sweep_suffix(extra: Sequence[str]) -> str:
     """Extra overrides that sweep need their own folder level, or their jobs would share one folder."""
     return "/${hydra.job.override_dirname}" if any(is_sweep(e) for e in extra) else ""
 
@@ -64,11 +64,11 @@ def table_sweeps(table: str, tasks: Sequence[str], seeds: Sequence[int], common:
                 f"experiment_name={table}", *common]
         out.append(Sweep(f"{task}/kd", ["method=pkd", *base,
                                         f"hydra.sweep.dir={hydra_value(str(root / table / task / 'kd'))}",
-                                        "hydra.sweep.subdir=seed${seed}" + _suffix(extra), *extra]))
+                                        "hydra.sweep.subdir=seed${seed}" + sweep_suffix(extra), *extra]))
         out.append(Sweep(f"{task}/mpdistil", [
             "method=mpdistil", "method.meta_loss=col,com", "method.reward=binary,real", *base,
             f"hydra.sweep.dir={hydra_value(str(root / table / task / 'mpdistil'))}",
-            "hydra.sweep.subdir=seed${seed}/${method.meta_loss}_${method.reward}" + _suffix(extra), *extra]))
+            "hydra.sweep.subdir=seed${seed}/${method.meta_loss}_${method.reward}" + sweep_suffix(extra), *extra]))
     return out
 
 
@@ -83,7 +83,7 @@ def ablation_sweeps(base: str, settings: Sequence[str], tasks: Sequence[str], se
                 f"experiment={base}", f"method={ab.method}", f"task={task}", f"seed={','.join(map(str, seeds))}",
                 f"experiment_name=ablation/{name}", *common, *ab.overrides,
                 f"hydra.sweep.dir={hydra_value(str(root / 'ablation' / task / name))}",
-                "hydra.sweep.subdir=seed${seed}" + _suffix(extra), *extra]))
+                "hydra.sweep.subdir=seed${seed}" + sweep_suffix(extra), *extra]))
     return out
 
 
@@ -122,10 +122,16 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
             print(shlex.join(s.command()))
         print(f"# then: {render}")
         return 0
+    return run_sweeps(sweeps, out_dir, args.table, render, "tables")
+
+
+def run_sweeps(sweeps: Sequence[Sweep], out_dir: Path, label: str, render: str, tag: str) -> int:
+    """Run the sweeps one after another, one line each in ``<out_dir>/sweeps.jsonl``; a failed sweep does not stop
+    the next. Returns 1 if any failed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log = []
     for s in sweeps:
-        print(f"\n[tables] {args.table}/{s.name}: {shlex.join(s.command())}", flush=True)
+        print(f"\n[{tag}] {label}/{s.name}: {shlex.join(s.command())}", flush=True)
         start = time.perf_counter()
         rc = subprocess.run(s.command(), cwd=REPO).returncode
         row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "sweep": s.name, "command": s.command(),
@@ -134,8 +140,8 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         with open(out_dir / "sweeps.jsonl", "a") as f:  # one line per sweep, kept when the script is killed
             f.write(json.dumps(row) + "\n")
         if rc != 0:
-            print(f"[tables] {args.table}/{s.name} failed (exit {rc}); its finished runs are kept", flush=True)
+            print(f"[{tag}] {label}/{s.name} failed (exit {rc}); its finished runs are kept", flush=True)
     failed = [r["sweep"] for r in log if r["returncode"] != 0]
-    print(f"\n[tables] {len(log) - len(failed)}/{len(log)} sweeps succeeded"
-          + (f"; failed: {', '.join(failed)}" if failed else "") + f"\n[tables] render: {render}", flush=True)
+    print(f"\n[{tag}] {len(log) - len(failed)}/{len(log)} sweeps succeeded"
+          + (f"; failed: {', '.join(failed)}" if failed else "") + f"\n[{tag}] render: {render}", flush=True)
     return 1 if failed else 0

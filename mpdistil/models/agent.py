@@ -225,8 +225,23 @@ def build_agents(model_cfg: Any, main_task: str, kind: str, num_labels: int, lab
             student_hf.load_state_dict(teacher_hf.state_dict(), strict=False)
         else:
             student_hf = load_classifier(teacher_src, num_hidden_layers=layers, **kwargs)
+        if model_cfg.student_init == "random":
+            student_hf = reinitialised(student_hf, seed)
+            student_label += " (random init)"
     return Agent(teacher_hf, main_task, kind, view="teacher"), Agent(student_hf, main_task, kind), {
         "teacher": teacher_label, "student": student_label}
+
+
+def reinitialised(hf: PreTrainedModel, seed: int) -> PreTrainedModel:
+    """A model of ``hf``'s architecture and shape with every weight (embeddings too) freshly initialised
+    (``model.student_init=random``): whether a student can pass its teacher may hang on ability it already holds.
+
+    Drawn from its own stream of ``seed``, so it never repeats the draws of a random teacher built from ``seed``
+    and leaves the run's random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(hash((int(seed), 11)) & 0x7FFFFFFF)
+        fresh = AutoModelForSequenceClassification.from_config(copy.deepcopy(hf.config))
+    return fresh.to(hf.dtype)
 
 
 def check_pkd_widths(teacher: Agent, student: Agent, beta: float, projection: str) -> None:

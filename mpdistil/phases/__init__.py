@@ -174,8 +174,8 @@ class TrainingPhase(Phase):
 
 
 # What every phase that trains a student from the initial student depends on.
-STUDENT_FIELDS = ("model.teacher", "model.student", "model.student_layers", "method.student_epochs",
-                  "method.student_lr", "method.authors_no_dropout")
+STUDENT_FIELDS = ("model.teacher", "model.student", "model.student_layers", "model.student_init",
+                  "method.student_epochs", "method.student_lr", "method.authors_no_dropout")
 
 
 def check_student(cfg: Any) -> None:

@@ -4,7 +4,7 @@ L_S = α·τ²·D(softmax(z_T'/τ), softmax(z_S/τ)) + (1 − α)·CE(z_S, y) + 
 The frozen teacher's logits and [CLS] states come from a per-run cache, computed once. Soft
 targets come from the meta-teacher T' once phase 3 has trained it, else from the teacher.
 ``undistilled`` is the same loop with α = β = 0 on a fresh copy of the initial student.
-Beyond the paper, the soft term can leave out the targets furthest beyond the current student
+Beyond the paper, the soft term can leave out the train′ targets furthest beyond the current student
 (``method.frontier_filter``), the soft targets can carry fixed Gaussian noise (``method.teacher_noise``), and
 inputs without labels that only the teacher labels (``data.transfer``) add batches with the soft and PKD terms
 alone, shuffled among the train′ batches.
@@ -76,10 +76,10 @@ class DistillPhase(TrainingPhase):
         check_frontier(cfg)
         check_schedule(cfg, cls.used(cfg))
         m = cfg.method
-        if cfg.data.transfer and cls.used(cfg) and (m.frontier_filter != "none" or m.teacher_noise == "logit_gauss"):
-            raise ConfigError("data.transfer with method.frontier_filter or method.teacher_noise=logit_gauss is not "
-                              "supported (they act on train' targets only); set method.frontier_filter=none and "
-                              "method.teacher_noise=none or label_flip, or data.transfer=[]")
+        if cfg.data.transfer and cls.used(cfg) and m.teacher_noise == "logit_gauss":
+            raise ConfigError("data.transfer with method.teacher_noise=logit_gauss is not supported (the noise is "
+                              "drawn for train' targets only); set method.teacher_noise=none or label_flip, or "
+                              "data.transfer=[]")
 
     def epochs(self, ctx: RunContext) -> int:
         return ctx.cfg.method.student_epochs
@@ -145,7 +145,9 @@ class DistillPhase(TrainingPhase):
 
     def frontier_weights(self, ctx: RunContext, epoch: int) -> Optional[torch.Tensor]:
         """This epoch's weight of each train′ example's soft term (None: all 1), from the student's predictions at
-        the epoch's start; nothing is filtered during the first ``method.frontier_warmup`` epochs."""
+        the epoch's start; nothing is filtered during the first ``method.frontier_warmup`` epochs. Only train′ is
+        ranked: transfer targets are always distilled, so the filter means the same at every coverage and its
+        record (whether it removed the teacher's mistakes) rests on gold labels."""
         if self.frontier is None:
             return None
         criterion, keep, warmup, mode = self.frontier
@@ -235,6 +237,7 @@ class DistillPhase(TrainingPhase):
         if self.frontier is not None:
             criterion, keep, warmup, mode = self.frontier
             record["frontier"] = {"criterion": criterion, "keep": keep, "warmup": warmup, "mode": mode,
+                                  "transfer_unfiltered": 0 if self.transfer is None else len(self.transfer),
                                   **self.frontier_log.state_dict(), "summary": self.frontier_log.summary()}
         if self.schedule is not None:
             record["teacher_schedule"] = self.schedule.record()
