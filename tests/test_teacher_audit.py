@@ -133,6 +133,19 @@ def test_user_weights_change_the_profile_criterion_by_criterion():
     assert weights["size"] == 2.0 and weights["task"] == 0.0 and weights["calibration"] == 2.0
 
 
+def test_a_teacher_no_better_than_the_majority_class_is_not_scored_and_comes_last():
+    """A constant teacher is followed perfectly: without the baseline check it would win the early profile."""
+    constant = {**FOLLOWABLE, "task": 0.5, "agreement": 1.0, "kl": 0.0}
+    values = {"constant": constant, "accurate": ACCURATE, "followable": FOLLOWABLE}
+    assert rank(values, resolve_weights("early", {}))["order"][0] == "constant"
+    result = rank(values, resolve_weights("early", {}), {"constant": False, "accurate": True, "followable": True})
+    assert result["order"] == ["followable", "accurate", "constant"] and result["unscored"] == ["constant"]
+    assert set(result["scores"]) == {"followable", "accurate"}
+    assert result["scores"]["followable"] == pytest.approx(6 / 8)  # normalised without the constant teacher
+    everyone_at_chance = rank(values, resolve_weights("early", {}), dict.fromkeys(values, False))
+    assert everyone_at_chance["unscored"] == [] and everyone_at_chance["order"][0] == "constant"
+
+
 def test_tied_criteria_keep_the_given_order():
     values = {"b": dict(ACCURATE), "a": dict(ACCURATE)}
     result = rank(values, resolve_weights("early", {}))
@@ -216,6 +229,9 @@ def test_audit_writes_every_field_for_every_teacher(audited):
         assert 0 <= ease["selection"]["agreement"] <= 1 and ease["selection"]["kl_teacher_student"] >= 0
         assert set(ease["dev"]["dev"]) == {"agreement", "kl_teacher_student", "js"}
         assert set(t["criteria"]) == set(CRITERIA) and all(v is not None for v in t["criteria"].values())
+        base = t["baseline"]
+        assert base["majority_class"] in (0, 1) and set(base["selection"]) == {"accuracy"}
+        assert base["beaten"] == (t["task"]["selection"]["accuracy"] > base["selection"]["accuracy"])
     small, tiny = on_disk["teachers"]["small_bert"], on_disk["teachers"]["tiny"]
     assert (small["capacity"]["layers"], small["capacity"]["hidden"]) == (3, 48)
     assert (tiny["capacity"]["layers"], tiny["capacity"]["hidden"]) == (4, 32)
@@ -226,8 +242,9 @@ def test_audit_writes_every_field_for_every_teacher(audited):
 def test_audit_ranking_is_the_declared_weighting_of_the_measured_criteria(audited):
     out, report, _, _ = audited
     values = {slug: t["criteria"] for slug, t in report["teachers"].items()}
+    eligible = {slug: t["baseline"]["beaten"] for slug, t in report["teachers"].items()}
     assert report["ranking"]["profile"] == "early" and report["weights"] == resolve_weights("early", {})
-    expected = rank(values, resolve_weights("early", {}))
+    expected = rank(values, resolve_weights("early", {}), eligible)
     assert report["ranking"]["order"] == expected["order"]
     assert report["ranking"]["scores"] == pytest.approx(expected["scores"])
     assert set(report["profiles"]) == {"early", "late"}
@@ -253,6 +270,38 @@ def test_audit_sends_its_table_and_plots_to_the_logger(audited):
     assert [r[1] for r in rows] == report["ranking"]["order"] and "agreement" in columns
     assert set(logger.images) == {"audit/tradeoff", "audit/reliability_tiny", "audit/reliability_small_bert"}
     assert logger.summaries["audit/best"] == report["ranking"]["order"][0] and logger.finished
+
+
+def test_a_teacher_below_the_baseline_is_reported_unscored_and_last(audited, tmp_path):
+    """The files of an audit in which one teacher does not beat the majority class (rendered again from the
+    audit's measurements, with that teacher's baseline outcome set)."""
+    import copy
+    from types import SimpleNamespace
+
+    from mpdistil.context import TaskInfo
+    from mpdistil.teachers.report import write_report
+
+    _, report, _, _ = audited
+    records = copy.deepcopy(report["teachers"])
+    records["tiny"]["baseline"]["beaten"], records["small_bert"]["baseline"]["beaten"] = False, True
+    for record in records.values():
+        del record["criteria"]
+    cfg = make_cfg("debug=fast", *RTE)
+    task = TaskInfo("rte", "classification", ["entailment", "not_entailment"], ["accuracy"], "accuracy")
+    plan = SimpleNamespace(
+        base=cfg,
+        candidates=[SimpleNamespace(cfg=cfg)],
+        task=task,
+        ood=["glue_rte"],
+        ood_skipped={},
+        weights=resolve_weights("early", {}),
+    )
+    again = write_report(plan, records, tmp_path, [], 0.0)
+    assert again["ranking"]["order"] == ["small_bert", "tiny"] and again["ranking"]["unscored"] == ["tiny"]
+    assert all(p["order"][-1] == "tiny" for p in again["profiles"].values())
+    text = (tmp_path / "audit.md").read_text()
+    assert "tiny is not scored and comes last" in text and "| 2 | tiny | — |" in text
+    assert json.loads((tmp_path / "audit.json").read_text())["ranking"]["scores"] == {"small_bert": 1.0}
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 The paradox paper (Ramesh et al., 2025) asks whether a student's gain from distillation
 is explained by how closely it follows its teacher. For classifiers the measurable
 notions of "following" are: agreement of predicted labels, divergence between the two
-output distributions (KL, JS), calibration of each model (ECE, Brier) and, given gold
-labels, which examples each model gets right (the flip table). These functions are pure
-numpy so that every evaluation (phases 2-4, baselines, analysis scripts) computes the
-same numbers; torch tensors are accepted and converted.
+output distributions (KL, JS), calibration of each model (ECE, Brier, and the temperature
+that would calibrate it) and, given gold labels, which examples each model gets right (the
+flip table). These functions are pure numpy so that every evaluation (phases 2-4, baselines,
+analysis scripts, the teacher audit) computes the same numbers; torch tensors are accepted and
+converted.
 
 Every public metric returns a flat ``dict[str, float | int]`` so it can be written to
 results.json and logged to W&B as scalars without reshaping.
@@ -30,6 +31,7 @@ __all__ = [
     "brier",
     "nll",
     "fit_temperature",
+    "TEMPERATURE_BOUNDS",
     "EPS",
 ]
 
@@ -121,7 +123,10 @@ def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
     return float(-np.mean(log_softmax(z, axis=1)[np.arange(z.shape[0]), y]))
 
 
-def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) (Guo et al., 2017).
 
     One scalar cannot change a prediction, only its confidence, so fitting it on a split that nothing was trained

@@ -26,7 +26,7 @@ from mpdistil.config import ConfigError, cache_root, validate
 from mpdistil.context import RunContext, TaskInfo
 from mpdistil.data.encode import EncodedSplit, iterate, model_inputs
 from mpdistil.data.types import DataError
-from mpdistil.metrics.fidelity import brier, ece, fit_temperature, nll
+from mpdistil.metrics.fidelity import TEMPERATURE_BOUNDS, brier, ece, fit_temperature, nll
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 AUDIT_PHASES = ("teacher", "kd")  # phase 1, then a fresh student distilled from the frozen teacher
@@ -274,6 +274,8 @@ def calibration(
 
     return {
         "temperature": temperature,
+        # the search stopped at a bound (e.g. a split the teacher gets all right): T says only "at least/most this"
+        "temperature_at_bound": bool(any(np.isclose(temperature, b, rtol=1e-3) for b in TEMPERATURE_BOUNDS)),
         "fitted_on": selection,
         "selection": scores(selection),
         "dev": {s: scores(s) for s in dev},
@@ -330,6 +332,8 @@ def measure(candidate: Candidate, out_dir: Path) -> dict[str, Any]:
     keys = ("agreement", "kl_teacher_student", "js")
     student = ctx.agents["kd"]
 
+    baseline = majority_baseline(ctx, selection)
+
     def both(values: dict[str, Any]) -> dict[str, Any]:
         return {"selection": values[selection], "dev": {s: values[s] for s in dev}}
 
@@ -338,6 +342,11 @@ def measure(candidate: Candidate, out_dir: Path) -> dict[str, Any]:
         "source": ctx.sources["teacher"],
         "student": ctx.sources["student"],
         "task": {"main_metric": ctx.task.main_metric, **both(ctx.rows["teacher"])},
+        "baseline": {
+            **baseline,
+            "beaten": ctx.rows["teacher"][selection][ctx.task.main_metric]
+            > baseline["selection"][ctx.task.main_metric],
+        },
         "calibration": calib,
         "ood": {task: per["teacher"] for task, per in ood.items()},
         "capacity": {
@@ -373,6 +382,19 @@ def measure(candidate: Candidate, out_dir: Path) -> dict[str, Any]:
     return record
 
 
+def majority_baseline(ctx: RunContext, split: str) -> dict[str, Any]:
+    """Always predicting train′'s most frequent class (the lowest index among equals), scored on ``split``: a teacher
+    must beat it to have anything to teach."""
+    from mpdistil.metrics.task_metrics import compute_metrics
+
+    majority = int(torch.bincount(ctx.splits["train"].labels.long()).argmax())
+    gold = ctx.splits[split].labels.numpy()
+    return {
+        "majority_class": majority,
+        "selection": compute_metrics(ctx.task.metrics, np.full_like(gold, majority), gold),
+    }
+
+
 def _steps(ctx: RunContext) -> int:
     """Optimizer steps of the budget on train′ (a transfer split, if any, adds its own batches)."""
     size = ctx.cfg.trainer.batch_size
@@ -405,7 +427,13 @@ def run_audit(overrides: Sequence[str], out_dir: Path) -> dict[str, Any]:
     records = {}
     for i, candidate in enumerate(plan.candidates, start=1):
         print(f"[audit] teacher {i}/{len(plan.candidates)}: {candidate.name}", flush=True)
-        records[candidate.slug] = measure(candidate, out_dir)
+        record = records[candidate.slug] = measure(candidate, out_dir)
+        cached = [phase for phase, entry in record["cache"].items() if entry["cached"]]
+        print(
+            f"[audit] {candidate.name}: {record['time']['total']:.1f}s"
+            + (f" ({', '.join(cached)} from the cache)" if cached else ""),
+            flush=True,
+        )
     report = write_report(plan, records, out_dir, list(overrides), time.perf_counter() - start)
     print("\n" + plain(*table(report)), flush=True)
     print(f"\nranked by {weighting_line(report['ranking'])}", flush=True)

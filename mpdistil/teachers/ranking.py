@@ -83,20 +83,29 @@ def _finite(value: Optional[float]) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def rank(values: Mapping[str, Mapping[str, Optional[float]]], weights: Mapping[str, float]) -> dict[str, Any]:
+def rank(
+    values: Mapping[str, Mapping[str, Optional[float]]],
+    weights: Mapping[str, float],
+    eligible: Optional[Mapping[str, bool]] = None,
+) -> dict[str, Any]:
     """Order candidates by their weighted normalised score.
 
     ``values``: candidate -> criterion -> raw value (None when not measured). A criterion with a positive weight
-    counts only when every candidate has a value for it (else it is listed under ``dropped`` with the reason), so
-    no candidate gains from a measurement the others lack. Ties keep the candidates' given order.
+    counts only when every scored candidate has a value for it (else it is listed under ``dropped`` with the
+    reason), so no candidate gains from a measurement the others lack. Ties keep the candidates' given order.
+
+    A candidate that is not ``eligible`` (a teacher no better than predicting the majority class) is neither
+    normalised nor scored and comes last, under ``unscored``: a constant teacher is the easiest of all to follow,
+    and would otherwise win every profile that weighs ease. When no candidate is eligible, all are scored.
     """
     names = list(values)
+    scored = [n for n in names if eligible is None or eligible.get(n, True)] or names
     used: dict[str, float] = {}
     dropped: dict[str, str] = {}
     for criterion, weight in weights.items():
         if weight <= 0:
             continue
-        missing = [n for n in names if not _finite(values[n].get(criterion))]
+        missing = [n for n in scored if not _finite(values[n].get(criterion))]
         if missing:
             dropped[criterion] = f"not measured for {', '.join(missing)}"
         else:
@@ -105,14 +114,22 @@ def rank(values: Mapping[str, Mapping[str, Optional[float]]], weights: Mapping[s
         raise ConfigError(
             f"no weighted criterion was measured for every teacher ({dropped}); weigh others, e.g. audit.weights.task=1"
         )
-    normalised: dict[str, dict[str, float]] = {n: {} for n in names}
+    normalised: dict[str, dict[str, float]] = {n: {} for n in scored}
     for criterion in used:
-        column = [float(values[n][criterion]) for n in names]
+        column = [float(values[n][criterion]) for n in scored]
         lo, hi = min(column), max(column)
-        for n, v in zip(names, column):
+        for n, v in zip(scored, column):
             above_worst = v - lo if CRITERIA[criterion].higher_is_better else hi - v
             normalised[n][criterion] = 1.0 if hi == lo else above_worst / (hi - lo)
     total = sum(used.values())
-    scores = {n: sum(used[c] * normalised[n][c] for c in used) / total for n in names}
-    order = sorted(names, key=lambda n: -scores[n])
-    return {"order": order, "scores": scores, "normalised": normalised, "weights": used, "dropped": dropped}
+    scores = {n: sum(used[c] * normalised[n][c] for c in used) / total for n in scored}
+    unscored = [n for n in names if n not in scores]
+    order = sorted(scored, key=lambda n: -scores[n]) + unscored
+    return {
+        "order": order,
+        "scores": scores,
+        "unscored": unscored,
+        "normalised": normalised,
+        "weights": used,
+        "dropped": dropped,
+    }

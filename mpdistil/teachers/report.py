@@ -14,11 +14,14 @@ from mpdistil.teachers.ranking import CRITERIA, PROFILES, rank, resolve_weights
 
 
 def rankings(
-    values: dict[str, dict[str, Optional[float]]], profile: str, weights: dict[str, float]
+    values: dict[str, dict[str, Optional[float]]],
+    profile: str,
+    weights: dict[str, float],
+    eligible: dict[str, bool],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ranking under the audit's weighting, and under each named profile as it is declared."""
-    chosen = {"profile": profile, **rank(values, weights)}
-    named = {name: rank(values, resolve_weights(name, {})) for name in PROFILES if PROFILES[name]}
+    chosen = {"profile": profile, **rank(values, weights, eligible)}
+    named = {name: rank(values, resolve_weights(name, {}), eligible) for name in PROFILES if PROFILES[name]}
     return chosen, named
 
 
@@ -40,7 +43,7 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "ECE",
         "T",
         "agreement",
-        "KL(T||S)",
+        "KL(T‖S)",
         "OOD",
         "params (M)",
         "layers",
@@ -55,7 +58,7 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             [
                 str(position),
                 slug,
-                f"{report['ranking']['scores'][slug]:.3f}",
+                f"{report['ranking']['scores'][slug]:.3f}" if slug in report["ranking"]["scores"] else "—",
                 _pct(c["task"]),
                 _pct(r["task"]["dev"][dev][main]),
                 _pct(c["calibration"]),
@@ -87,7 +90,7 @@ def weighting_line(ranking: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """audit.md: the ranked table, the weighting it used, what each column is, and what was left out and why."""
     columns, rows = table(report)
-    budget, ood = report["budget"], report["ood_tasks"]
+    budget, ood, main = report["budget"], report["ood_tasks"], report["task"]["main_metric"]
     lines = [
         f"# Teacher audit: {report['task']['name']}",
         "",
@@ -106,6 +109,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"after {budget['latency_warmup']} warm-up batches, on {report['device']}.",
         "",
     ]
+    for slug in report["ranking"]["unscored"]:
+        base = report["teachers"][slug]["baseline"]
+        lines.append(
+            f"{slug} is not scored and comes last: its {report['task']['main_metric']} on the selection split is at "
+            f"or below that of always predicting the majority class of train′ ({_pct(base['selection'][main])})."
+        )
+    if report["ranking"]["unscored"]:
+        lines.append("")
     lines.append("OOD tasks: " + (", ".join(ood["measured"]) or "none"))
     lines += [f"- {name} left out: {why}" for name, why in ood["skipped"].items()]
     lines += ["", "## Per teacher", ""]
@@ -156,7 +167,9 @@ def write_report(
     for record in records.values():
         record["criteria"] = criteria(record)
     values = {slug: r["criteria"] for slug, r in records.items()}
-    chosen, named = rankings(values, audit.profile, plan.weights)
+    chosen, named = rankings(
+        values, audit.profile, plan.weights, {s: r["baseline"]["beaten"] for s, r in records.items()}
+    )
     any_record = next(iter(records.values()))
     dev = list(any_record["task"]["dev"])
     report: dict[str, Any] = {
@@ -210,7 +223,7 @@ def write_report(
             **{
                 f"audit/{slug}/{c}": v for slug, r in records.items() for c, v in r["criteria"].items() if v is not None
             },
-            **{f"audit/{slug}/score": chosen["scores"][slug] for slug in records},
+            **{f"audit/{slug}/score": score for slug, score in chosen["scores"].items()},
         }
     )
     logger.finish()
