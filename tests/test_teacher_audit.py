@@ -33,7 +33,7 @@ def audit(out: Path, *overrides: str) -> dict[str, Any]:
 
 
 def plan(*overrides: str) -> Any:
-    from mpdistil.teachers.audit import plan_audit
+    from mpdistil.teachers.plan import plan_audit
 
     register_configs()
     with initialize_config_dir(str(CONF), version_base="1.3"):

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from mpdistil.config import ConfigError, register_configs
 from mpdistil.errors import check_presets, fail_cleanly
-from mpdistil.teachers.audit import CONF
+from mpdistil.teachers.plan import CONF
 
 USAGE = (
     "usage: python -m mpdistil.teachers audit task=<task> teachers=[<model preset or model.teacher source>,...] "

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from mpdistil.atomic import write_json, write_text
 from mpdistil.loggers import build_logger
+from mpdistil.teachers.measure import criteria
 from mpdistil.teachers.ranking import CRITERIA, PROFILES, rank, resolve_weights
 
 
@@ -160,8 +161,6 @@ def write_report(
     plan: Any, records: dict[str, dict[str, Any]], out_dir: Path, overrides: list[str], seconds: float
 ) -> dict[str, Any]:
     """Rank, write audit.json and audit.md beside the plots, and log them (``logger=``)."""
-    from mpdistil.teachers.audit import criteria
-
     base, audit = plan.base, plan.base.audit
     first = plan.candidates[0].cfg
     for record in records.values():
