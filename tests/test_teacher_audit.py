@@ -171,6 +171,30 @@ def test_bad_audit_settings_are_refused_by_the_config_checks(override, needle):
         validate(make_cfg(override))
 
 
+def test_weights_compose_one_at_a_time_or_together_and_a_typo_fails_at_composition():
+    from hydra.errors import ConfigCompositionException
+
+    from mpdistil.teachers.ranking import given_weights
+
+    assert given_weights(make_cfg("audit.weights={latency:1,size:2}").audit) == {"latency": 1.0, "size": 2.0}
+    assert given_weights(make_cfg("audit.weights.kl=0").audit) == {"kl": 0.0}
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("audit.weights.acuracy=1")
+
+
+def test_the_command_line_spells_out_teachers_and_chooses_the_audit_folder():
+    from mpdistil.teachers.__main__ import RUN_DIR, arguments
+
+    assert arguments(["audit", "task=cb", "teachers=[tiny,minilm]"]) == [
+        "task=cb",
+        "audit.teachers=[tiny,minilm]",
+        RUN_DIR,
+    ]
+    assert arguments(["audit", "hydra.run.dir=here"]) == ["hydra.run.dir=here"]
+    with pytest.raises(ConfigError, match="usage: python -m mpdistil.teachers audit"):
+        arguments(["adit", "task=cb"])
+
+
 # --- a whole audit -------------------------------------------------------------------------------------------------
 
 
