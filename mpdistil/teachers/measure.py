@@ -30,7 +30,8 @@ def measure_latency(ctx: RunContext, split: EncodedSplit, batch_size: int, warmu
     teacher.eval()
     pad = rt.pad_id if split.pad_id is None else split.pad_id
     first = list(itertools.islice(iterate(split, batch_size, pad, device=rt.device), warmup + timed))
-    batches = list(itertools.islice(itertools.cycle(first), warmup + timed))
+    full = [b for b in first if b["input_ids"].shape[0] == batch_size] or first  # a split's short tail only if alone
+    batches = list(itertools.islice(itertools.cycle(full), warmup + timed))
     per_example = []
     try:
         for i, batch in enumerate(batches):
