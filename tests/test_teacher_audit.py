@@ -13,31 +13,27 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hydra import initialize_config_dir
 
-from mpdistil.config import AuditWeights, ConfigError, register_configs, validate
+from mpdistil.config import AuditWeights, ConfigError, validate
 from mpdistil.metrics.fidelity import fit_temperature, nll
 from mpdistil.teachers.ranking import CRITERIA, rank, resolve_weights
 from tests.conftest import FIXTURES
-from tests.helpers import CONF, REPO, make_cfg, run_cfg
+from tests.helpers import REPO, make_cfg, run_cfg
 
 RTE = ["task=rte", f"data_dir={FIXTURES}", "eval.ood_tasks=[glue_rte,cb]"]  # glue_rte shares RTE's labels, cb not
 
 
 def audit(out: Path, *overrides: str) -> dict[str, Any]:
+    """The audit called from Python, as the command calls it (without the command's own Hydra app)."""
     from mpdistil.teachers.audit import run_audit
 
-    register_configs()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return run_audit(["debug=fast", *overrides], out)
+    return run_audit(["debug=fast", *overrides], out)
 
 
 def plan(*overrides: str) -> Any:
     from mpdistil.teachers.plan import plan_audit
 
-    register_configs()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return plan_audit(["debug=fast", *overrides])
+    return plan_audit(["debug=fast", *overrides])
 
 
 def tiny_folder(folder: Path, labels: int) -> Path:

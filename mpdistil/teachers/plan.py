@@ -9,14 +9,15 @@ KD only, ``method.beta=0``, with the run's ``method.alpha``, ``method.temperatur
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from omegaconf import DictConfig
 
-from mpdistil.config import ConfigError, cache_root, validate
+from mpdistil.config import ConfigError, cache_root, register_configs, validate
 from mpdistil.context import TaskInfo
 from mpdistil.data.types import DataError
 
@@ -152,8 +153,28 @@ def check_teacher(name: str, cfg: DictConfig, task: TaskInfo, presets: list[str]
         )
 
 
+@contextlib.contextmanager
+def composing() -> Iterator[None]:
+    """Hydra's composition for the audit's configs: the running app's (``python -m mpdistil.teachers``), else the
+    project's ``conf/`` (the audit called from Python)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    register_configs()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        yield
+
+
 def plan_audit(overrides: Sequence[str]) -> Plan:
     """Compose the audit's config and each candidate's, and run every check that needs no training."""
+    with composing():
+        return _plan(overrides)
+
+
+def _plan(overrides: Sequence[str]) -> Plan:
     from hydra import compose
 
     from mpdistil.data.prepare import task_info
