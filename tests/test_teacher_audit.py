@@ -273,6 +273,8 @@ def test_audit_ranking_is_the_declared_weighting_of_the_measured_criteria(audite
     for slug in values:
         assert f"| {slug} |" in text and f"reliability_{slug}.png" in text
     assert "cb left out" in text
+    none_beaten = not any(t["baseline"]["beaten"] for t in report["teachers"].values())
+    assert ("No teacher beats always predicting the majority class" in text) == none_beaten
 
 
 def test_audit_reuses_the_teacher_a_run_cached(audited):

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from mpdistil.teachers.measure import measure
 from mpdistil.teachers.plan import plan_audit
-from mpdistil.teachers.report import plain, table, weighting_line, write_report
+from mpdistil.teachers.report import baseline_note, plain, table, weighting_line, write_report
 
 
 def run_audit(overrides: Sequence[str], out_dir: Path) -> dict[str, Any]:
@@ -31,5 +31,7 @@ def run_audit(overrides: Sequence[str], out_dir: Path) -> dict[str, Any]:
     report = write_report(plan, records, out_dir, list(overrides), time.perf_counter() - start)
     print("\n" + plain(*table(report)), flush=True)
     print(f"\nranked by {weighting_line(report['ranking'])}", flush=True)
+    if baseline_note(report):
+        print(baseline_note(report), flush=True)
     print(f"[audit] {out_dir / 'audit.json'}, {out_dir / 'audit.md'}", flush=True)
     return report

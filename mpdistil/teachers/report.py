@@ -88,6 +88,16 @@ def weighting_line(ranking: dict[str, Any]) -> str:
     return f"profile {ranking['profile']}: {parts}{dropped}"
 
 
+def baseline_note(report: dict[str, Any]) -> str:
+    """A warning when no candidate beats the majority-class baseline (all are then scored: the ranking says little)."""
+    if any(t["baseline"]["beaten"] for t in report["teachers"].values()):
+        return ""
+    return (
+        "No teacher beats always predicting the majority class of train′ on the selection split: all are "
+        "scored, but none has shown that it has anything to teach (more data or teacher epochs?)."
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     """audit.md: the ranked table, the weighting it used, what each column is, and what was left out and why."""
     columns, rows = table(report)
@@ -116,7 +126,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{slug} is not scored and comes last: its {report['task']['main_metric']} on the selection split is at "
             f"or below that of always predicting the majority class of train′ ({_pct(base['selection'][main])})."
         )
-    if report["ranking"]["unscored"]:
+    note = baseline_note(report)
+    if note:
+        lines.append(note)
+    if report["ranking"]["unscored"] or note:
         lines.append("")
     lines.append("OOD tasks: " + (", ".join(ood["measured"]) or "none"))
     lines += [f"- {name} left out: {why}" for name, why in ood["skipped"].items()]
