@@ -119,14 +119,15 @@ def measure(candidate: Candidate, out_dir: Path) -> dict[str, Any]:
         logits = {s: ctx.teacher_cache(s)["logits"] for s in splits}
         labels = {s: ctx.splits[s].labels for s in splits}
         calib = calibration(logits, labels, selection, dev)
-        t = calib["temperature"]
-        plot = reliability_plot(
-            out_dir / f"reliability_{candidate.slug}.png",
-            {
-                f"{candidate.slug} ({dev[0]})": (torch.softmax(logits[dev[0]], -1).numpy(), labels[dev[0]].numpy()),
-                f"{candidate.slug}, T={t:.2f}": (torch.softmax(logits[dev[0]] / t, -1).numpy(), labels[dev[0]].numpy()),
-            },
-        )
+        t, shown, gold = calib["temperature"], logits[dev[0]], labels[dev[0]].numpy()
+        curves = {
+            f"{candidate.slug} on {dev[0]}": (torch.softmax(shown, -1).numpy(), gold),
+            f"{candidate.slug} on {dev[0]}, logits / {t:.2f} (T from {selection})": (
+                torch.softmax(shown / t, -1).numpy(),
+                gold,
+            ),
+        }
+        plot = reliability_plot(out_dir / f"reliability_{candidate.slug}.png", curves)
         calib["plot"] = plot.name if plot else None
         ood = evaluate_ood(ctx, {"teacher": ctx.teacher}, data.ood, ctx.rows, data.teacher_ood) if data.ood else {}
         a = cfg.audit
