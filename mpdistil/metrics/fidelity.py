@@ -139,8 +139,9 @@ def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = TEMP
     z = _probs(logits, "logits")
     y = _labels(labels, z.shape[0])
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
-    found = minimize_scalar(lambda log_t: nll(z, y, float(np.exp(log_t))), bounds=(lo, hi), method="bounded",
-                            options={"xatol": 1e-6})
+    found = minimize_scalar(
+        lambda log_t: nll(z, y, float(np.exp(log_t))), bounds=(lo, hi), method="bounded", options={"xatol": 1e-6}
+    )
     return float(np.exp(found.x))
 
 
