@@ -253,6 +253,7 @@ def test_audit_writes_every_field_for_every_teacher(audited):
         assert base["majority_class"] in (0, 1) and set(base["selection"]) == {"accuracy"}
         assert base["beaten"] == (t["task"]["selection"]["accuracy"] > base["selection"]["accuracy"])
     small, tiny = on_disk["teachers"]["small_bert"], on_disk["teachers"]["tiny"]
+    assert small["ease"]["steps"] == tiny["ease"]["steps"]  # one budget for every candidate
     assert (small["capacity"]["layers"], small["capacity"]["hidden"]) == (3, 48)
     assert (tiny["capacity"]["layers"], tiny["capacity"]["hidden"]) == (4, 32)
     assert (out / "audit_tradeoff.png").is_file() and on_disk["plots"]["tradeoff"] == "audit_tradeoff.png"
