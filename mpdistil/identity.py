@@ -34,11 +34,12 @@ DATA_FIELDS = ("task", "model.tokenizer", "trainer.heldout_fraction", "data")
 STRUCTURE_FIELDS = ("method.phases",)
 # How agents are measured after training: part of a run's identity (its checkpoint), never of a cached agent's.
 EVALUATION_FIELDS = ("eval",)
-# Fields that change what a run shows, where it reads or writes, or how fast it goes, never a number it computes.
+# Fields that change what a run shows, where it reads or writes, or how fast it goes, never a number it computes
+# (``audit`` is read by the teacher audit alone, which sets the run fields it needs from it).
 # trainer.cache_teacher_outputs, trainer.gradient_checkpointing and trainer.eval_* are checked to be invisible in
 # results by the tests.
-OUTSIDE_RESULTS = ("resume", "logger", "experiment_name", "data_dir", "task.data_dir", "cache_dir", "model.name",
-                   "method.name",
+OUTSIDE_RESULTS = ("resume", "logger", "audit", "experiment_name", "data_dir", "task.data_dir", "cache_dir",
+                   "model.name", "method.name",
                    "trainer.device", "trainer.deterministic", "trainer.progress", "trainer.num_threads",
                    "trainer.cache_teacher_outputs", "trainer.reuse_cache", "trainer.eval_batch_size",
                    "trainer.eval_max_padding", "trainer.per_device_batch_size", "trainer.save_student",

@@ -240,6 +240,15 @@ def prepare_aux_tasks(cfg: Any, names: list[str], data_dir: Optional[str], cache
     return aux
 
 
+def label_scheme_mismatch(data: TaskData, info: TaskInfo) -> Optional[str]:
+    """Why the main task's head cannot be scored on ``data`` (None when it can): another kind of task, or other
+    classes (names and order: the head's outputs are read as the main task's labels)."""
+    if data.kind != info.kind or (info.kind == "classification" and list(data.label_names) != info.label_names):
+        return (f"{data.name} has labels {list(data.label_names)} ({data.kind}), not the main task's "
+                f"{info.label_names} ({info.kind})")
+    return None
+
+
 def prepare_ood(cfg: Any, data_dir: Optional[str], cache_dir: Path, tokenizers: tuple[Any, Any],
                 info: TaskInfo) -> tuple[dict[str, EncodedSplit], Optional[dict[str, EncodedSplit]]]:
     """Other tasks with the main task's label scheme, read through the main task's head: the student's encoding, and
@@ -249,9 +258,9 @@ def prepare_ood(cfg: Any, data_dir: Optional[str], cache_dir: Path, tokenizers: 
     for name in cfg.eval.ood_tasks:
         tcfg = task_config_for(name, max_length=cfg.task.max_length, max_eval_examples=cfg.task.max_eval_examples)
         data = load_task(tcfg, data_dir, cache_dir)
-        if data.kind != info.kind or (info.kind == "classification" and list(data.label_names) != info.label_names):
-            raise ConfigError(f"eval.ood_tasks: {name} has labels {list(data.label_names)} ({data.kind}), not the "
-                              f"main task's {info.label_names} ({info.kind}); pick a task with the same label scheme")
+        mismatch = label_scheme_mismatch(data, info)
+        if mismatch:
+            raise ConfigError(f"eval.ood_tasks: {mismatch}; pick a task with the same label scheme")
         dev_name, exs = next(iter(data.dev.items()))
         if cfg.task.max_eval_examples:
             exs = subsample(exs, cfg.task.max_eval_examples, cfg.seed)

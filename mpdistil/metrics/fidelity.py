@@ -3,10 +3,11 @@
 The paradox paper (Ramesh et al., 2025) asks whether a student's gain from distillation
 is explained by how closely it follows its teacher. For classifiers the measurable
 notions of "following" are: agreement of predicted labels, divergence between the two
-output distributions (KL, JS), calibration of each model (ECE, Brier) and, given gold
-labels, which examples each model gets right (the flip table). These functions are pure
-numpy so that every evaluation (phases 2-4, baselines, analysis scripts) computes the
-same numbers; torch tensors are accepted and converted.
+output distributions (KL, JS), calibration of each model (ECE, Brier, and the temperature
+that would calibrate it) and, given gold labels, which examples each model gets right (the
+flip table). These functions are pure numpy so that every evaluation (phases 2-4, baselines,
+analysis scripts, the teacher audit) computes the same numbers; torch tensors are accepted and
+converted.
 
 Every public metric returns a flat ``dict[str, float | int]`` so it can be written to
 results.json and logged to W&B as scalars without reshaping.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import xlogy
+from scipy.special import log_softmax, xlogy
 from scipy.stats import rankdata
 
 EPS = 1e-12
@@ -27,6 +28,10 @@ __all__ = [
     "regression_fidelity",
     "reliability_bins",
     "ece",
+    "brier",
+    "nll",
+    "fit_temperature",
+    "TEMPERATURE_BOUNDS",
     "EPS",
 ]
 
@@ -102,11 +107,42 @@ def ece(probs: Any, labels: Any, n_bins: int = 10) -> float:
     return float(np.sum(counts[filled] * gaps) / counts.sum())
 
 
-def _brier(p: np.ndarray, y: np.ndarray) -> float:
+def brier(probs: Any, labels: Any) -> float:
     """Mean over examples of sum_c (p_c - onehot_c)^2 (range [0, 2])."""
+    p = _probs(probs, "probs")
+    y = _labels(labels, p.shape[0])
     onehot = np.zeros_like(p)
     onehot[np.arange(p.shape[0]), y] = 1.0
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+
+
+def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood (nats) of the labels under softmax(logits / temperature)."""
+    z = _probs(logits, "logits") / temperature
+    y = _labels(labels, z.shape[0])
+    return float(-np.mean(log_softmax(z, axis=1)[np.arange(z.shape[0]), y]))
+
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) (Guo et al., 2017).
+
+    One scalar cannot change a prediction, only its confidence, so fitting it on a split that nothing was trained
+    on measures how over- or under-confident a model is there: T > 1 means over-confident. The NLL is convex in
+    1/T, so a bounded search over log T finds the minimum; a bound is returned when the data push past it (e.g.
+    every example right with ever larger margins).
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = _probs(logits, "logits")
+    y = _labels(labels, z.shape[0])
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    found = minimize_scalar(
+        lambda log_t: nll(z, y, float(np.exp(log_t))), bounds=(lo, hi), method="bounded", options={"xatol": 1e-6}
+    )
+    return float(np.exp(found.x))
 
 
 def _kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -157,8 +193,8 @@ def classification_fidelity(
         {
             "ece_teacher": ece(pt, y, n_bins),
             "ece_student": ece(ps, y, n_bins),
-            "brier_teacher": _brier(pt, y),
-            "brier_student": _brier(ps, y),
+            "brier_teacher": brier(pt, y),
+            "brier_student": brier(ps, y),
             "flip_student_only": student_only,
             "flip_teacher_only": teacher_only,
             "flip_both": int(np.sum(right_t & right_s)),
