@@ -140,12 +140,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         f"multiruns over {len(tasks)} task(s)"
     )
     render = f"python experiments/paradox.py render {shlex.quote(str(out_dir))} --out {shlex.quote(str(out_dir))}"
-    if args.dry_run:
-        for s in sweeps:
-            print(shlex.join(s.command()))
-        print(f"# then: {render}")
-        return 0
-    return run_sweeps(sweeps, out_dir, f"paradox/{args.grid}", render, "paradox")
+    return run_sweeps(sweeps, out_dir, f"paradox/{args.grid}", render, "paradox", args.dry_run)
 
 
 def log_wandb(out: Path, plots: Sequence[str], csv_path: Path) -> None:

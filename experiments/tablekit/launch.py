@@ -117,17 +117,18 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
             sweeps = [s for s in sweeps if s.name.endswith("/" + args.only)]
         out_dir = root / args.table
     render = f"python experiments/tables.py render {args.table} {shlex.quote(str(out_dir))}"
-    if args.dry_run:
+    return run_sweeps(sweeps, out_dir, args.table, render, "tables", args.dry_run)
+
+
+def run_sweeps(sweeps: Sequence[Sweep], out_dir: Path, label: str, render: str, tag: str,
+               dry_run: bool = False) -> int:
+    """Run the sweeps one after another, one line each in ``<out_dir>/sweeps.jsonl``; a failed sweep does not stop
+    the next. Returns 1 if any failed. ``dry_run``: print the commands and the render command only."""
+    if dry_run:
         for s in sweeps:
             print(shlex.join(s.command()))
         print(f"# then: {render}")
         return 0
-    return run_sweeps(sweeps, out_dir, args.table, render, "tables")
-
-
-def run_sweeps(sweeps: Sequence[Sweep], out_dir: Path, label: str, render: str, tag: str) -> int:
-    """Run the sweeps one after another, one line each in ``<out_dir>/sweeps.jsonl``; a failed sweep does not stop
-    the next. Returns 1 if any failed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log = []
     for s in sweeps:
