@@ -114,9 +114,12 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     sentiment = [t for t in task_presets() if t.startswith("sentiment_")]
     sweeps, counts = [], []
     for task in tasks:
+        # the sentiment domains share one label scheme: each run is also scored on the others (out of domain)
+        ood = [t for t in sentiment if t != task] if task in sentiment else []
         common = [
             *([f"data_dir={hydra_value(folders[task])}"] if folders[task] else []),
             *([f"hydra/launcher={args.launcher}"] if args.launcher else []),
+            *([f"eval.ood_tasks=[{','.join(ood)}]"] if ood else []),
         ]
         cfg = compose(task, folders[task], extra)
         sources = coverage_sources(task, get_task_spec(task).benchmark, sentiment)

@@ -165,3 +165,11 @@ def test_regression_fidelity_sanity() -> None:
     assert closer["n_teacher_closer"] == 1
     assert closer["n"] == 4
     assert math.isnan(regression_fidelity(yt, np.ones(4))["pred_pearson"])
+
+
+def test_confidence_is_the_mean_top_class_probability() -> None:
+    teacher = np.array([[0.9, 0.1], [0.6, 0.4]])
+    student = np.array([[0.5, 0.5], [0.2, 0.8]])
+    out = classification_fidelity(teacher, student)
+    assert out["confidence_teacher"] == pytest.approx(0.75) and out["confidence_student"] == pytest.approx(0.65)
+

@@ -265,10 +265,18 @@ def test_the_cpu_grid_lists_its_runs_and_overrides(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    # the centre, then depths 1, 2, 6; temperatures 1, 2, 10; two flip rates; two coverages; filtering; random init
-    assert "# grid cpu: 26 runs in 13 multiruns over 1 task(s)" in lines
+    # the centre, then depths 1, 2, 6; temperatures 1, 2, 10; two flip rates; two coverages; filtering; random init;
+    # crossed: the 1-layer student at temperatures 1, 2, 10, and filtering under both flip rates
+    assert "# grid cpu: 36 runs in 16 multiruns over 1 task(s)" in lines
     commands = [shlex.split(ln) for ln in lines if not ln.startswith("#")]
-    assert len(commands) == 13
+    assert len(commands) == 16
+    crossed = {frozenset(o for o in cmd if o.startswith(("model.student_layers", "method.temperature")))
+               for cmd in commands}
+    assert frozenset({"model.student_layers=1", "method.temperature=2.0"}) in crossed
+    # at each flip rate the filter off and on share one multirun, the filter swept as a comma list
+    assert any("method.frontier_filter=none,student_prob" in cmd and "method.teacher_noise_rate=0.2" in cmd
+               for cmd in commands)
+    assert all("eval.ood_tasks=[sentiment_amazon,sentiment_nyt,sentiment_tweets]" in cmd for cmd in commands)
     for cmd in commands:
         assert cmd[1:3] == [str(REPO / "main.py"), "-m"] and "method=kd" in cmd and "seed=1,2" in cmd
         assert "task=sentiment_movies" in cmd and cmd[-1] == "trainer.num_threads=1"
@@ -307,7 +315,9 @@ def test_the_full_grid_is_the_factorial() -> None:
     facs = factors(["augment"], 4, {"student_layers": 2, "temperature": 5.0})
     assert [len(f.levels) for f in facs] == [3, 4, 3, 3, 2, 2]  # depth 6 exceeds a 4-layer teacher
     assert len(design("full", facs)) == 3 * 4 * 3 * 3 * 2 * 2
-    assert len(design("cpu", facs)) == 1 + 2 + 3 + 2 + 2 + 1 + 1
+    # one factor at a time, then the crossed cells: the 1-layer student at 3 more temperatures, the filter at 2
+    # flip rates
+    assert len(design("cpu", facs)) == 1 + 2 + 3 + 2 + 2 + 1 + 1 + 3 + 2
 
 
 @pytest.mark.parametrize(
@@ -348,8 +358,9 @@ def test_the_benchmark_folder_goes_only_to_tasks_that_read_it(capsys: pytest.Cap
         assert (f"data_dir={fixtures}" in cmd) == ("task=cb" in cmd)
         if "task=cb" in cmd and "data.transfer_size=4x" in cmd:
             assert {"data.transfer=[augment]", "data.augment_multiplier=4"} <= set(cmd)
-    # a 4-layer teacher: student depths 1, 2 and 3 only (2, the tiny model's, is the centre)
-    assert len(commands) == 2 * (1 + 2 + 3 + 2 + 2 + 1 + 1)
+    # a 4-layer teacher: student depths 1, 2 and 3 only (2, the tiny model's, is the centre); 17 design points per
+    # task, the filter off and on at each flip rate in one multirun
+    assert len(commands) == 2 * (1 + 2 + 3 + 2 + 2 + 1 + 1 + 3 + 2 - 2)
     assert not any("model.student_layers=6" in cmd for cmd in commands)
 
 
@@ -392,3 +403,13 @@ def test_level_means_hold_a_centre_in_a_one_factor_design_and_pool_in_a_factoria
         means[("cb: student_init", "random")].n == 2
         and means[("cb: student_init", "random")].held == "averaged over the others"
     )
+
+
+def test_confidence_against_out_of_domain_recovers_a_planted_relation() -> None:
+    records = [{"confidence_student": 0.6 + 0.03 * i, "ood_student": 0.9 - 0.02 * i, "ood_gap": 0.01 * i}
+               for i in range(10)]
+    (_, n, rho, lo, hi, why), (_, _, rho_gap, lo_gap, _, _) = study.confidence_ood(records)
+    assert why == "" and n == 10 and rho == pytest.approx(-1.0) and hi < 0
+    assert rho_gap == pytest.approx(1.0) and lo_gap > 0
+    assert "falls with confidence" in study.confidence_table(study.confidence_ood(records))
+

@@ -5,7 +5,8 @@ A factor whose levels each set one config key (student depth, temperature, filte
 swept inside one multirun as a comma list; a factor whose levels set several keys (teacher noise: kind and
 rate; coverage: sources, size and copies) splits the grid into separate multiruns. ``full`` is the
 factorial; ``cpu`` varies one factor at a time around a centre point (the composed config's own values
-where they are levels), so its size grows with the sum of the factors' levels, not their product.
+where they are levels), so its size grows with the sum of the factors' levels, not their product, and adds
+the crossed cells of ``CPU_CROSSED``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ FLIP_RATES = (0.1, 0.2)
 COVERAGE = ("1x", "4x")
 FRONTIER = ("none", "student_prob")
 STUDENT_INIT = ("pretrained", "random")
+# Beyond one factor at a time, the cpu grid crosses these pairs (every level of the second factor at one level of
+# the first): does a high temperature collapse the smallest student, and does filtering help a noisy teacher?
+CPU_CROSSED = (("student_layers", "1", "temperature"), ("frontier", "student_prob", "teacher_noise"))
 # Held fixed by every run of the study: the distillation under study, and the filter's share when it is on.
 COMMON = ("method=kd", "method.frontier_keep=0.9", "method.frontier_warmup=1")
 
@@ -102,7 +106,12 @@ def design(grid: str, facs: Sequence[Factor]) -> list[Point]:
         ]
     if grid == "cpu":
         centre = {f.name: f.centre for f in facs}
-        return [centre] + [{**centre, f.name: lv.label} for f in facs for lv in f.levels if lv.label != f.centre]
+        points = [centre] + [{**centre, f.name: lv.label} for f in facs for lv in f.levels if lv.label != f.centre]
+        by_name = {f.name: f for f in facs}
+        for first, level, second in CPU_CROSSED:
+            if first in by_name and second in by_name and any(lv.label == level for lv in by_name[first].levels):
+                points += [{**centre, first: level, second: lv.label} for lv in by_name[second].levels]
+        return list({tuple(sorted(p.items())): p for p in points}.values())  # each point once
     raise ValueError(f"unknown grid {grid!r}")
 
 

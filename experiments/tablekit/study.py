@@ -51,6 +51,7 @@ FIDELITY_FIELDS = (
     "ece_teacher",
     "attr_spearman",
     "attr_topk_overlap",
+    "confidence_student",
 )
 TEXT_COLUMNS = ("run", "task", "seed", "method", "row", "split", "metric", *FACTORS)
 NUMBER_COLUMNS = (
@@ -65,6 +66,8 @@ NUMBER_COLUMNS = (
     "transfer_examples",
     "student_params",
     "teacher_layers",
+    "ood_student",
+    "ood_gap",
 )
 CSV_HEADER = [*TEXT_COLUMNS, *NUMBER_COLUMNS]
 
@@ -148,10 +151,21 @@ def record(run: Run, run_id: str, row: str | None) -> tuple[Record | None, str]:
         "vs_teacher_hi": paired.hi if paired else float("nan"),
         **{k: _num(fidelity.get(k)) for k in FIDELITY_FIELDS},
         "transfer_examples": float((res["task"].get("transfer") or {}).get("size", 0)),
+        **out_of_domain(res, row, metric),
         "student_params": _num(model.get("student_params")),
         "teacher_layers": _num(model.get("teacher_layers")),
     }
     return rec, ""
+
+
+def out_of_domain(results: dict[str, Any], row: str, metric: str) -> dict[str, float]:
+    """The studied student's main metric out of domain (``eval.ood_tasks``), averaged over the tasks, and its
+    in-domain minus out-of-domain gap; NaN without OOD tasks."""
+    per_task = [agents[row] for agents in (results.get("ood") or {}).values() if row in agents]
+    scores = [_num(a.get(metric)) for a in per_task]
+    gaps = [_num(a.get("gap")) for a in per_task]
+    return {"ood_student": _nanmean(scores) if scores else float("nan"),
+            "ood_gap": _nanmean(gaps) if gaps else float("nan")}
 
 
 def read_csv(path: Path) -> list[Record]:
@@ -268,6 +282,26 @@ def correlations(records: Sequence[Record]) -> list[Correlation]:
             n, rho, lo, hi, why = spearman_interval((r[key] for r in rows), (r["gain"] for r in rows), f"{scope}/{key}")
             out.append(Correlation(scope, key, label, n, rho, lo, hi, why))
     return out
+
+
+def confidence_ood(records: Sequence[Record]) -> list[tuple[str, int, float, float, float, str]]:
+    """Spearman ρ of the student's dev confidence with its out-of-domain score and with its in-domain minus
+    out-of-domain gap, over the runs that were scored out of domain: (label, n, ρ, lo, hi, reason)."""
+    out = []
+    for key, label in (("ood_student", "out-of-domain score"), ("ood_gap", "in-domain − out-of-domain gap")):
+        n, rho, lo, hi, why = spearman_interval((r["confidence_student"] for r in records), (r[key] for r in records),
+                                                f"confidence/{key}")
+        out.append((label, n, rho, lo, hi, why))
+    return out
+
+
+def confidence_table(rows: Sequence[tuple[str, int, float, float, float, str]]) -> str:
+    lines = ["| student confidence against | runs | ρ | 95% interval | |", "|---|---|---|---|---|"]
+    for label, n, rho, lo, hi, why in rows:
+        verdict = why or ("rises with confidence" if lo > 0 else "falls with confidence" if hi < 0
+                          else "no evidence either way")
+        lines.append(f"| {label} | {n} | {fmt(rho)} | [{fmt(lo)}, {fmt(hi)}] | {verdict} |")
+    return "\n".join(lines)
 
 
 def _level_order(values: Iterable[str]) -> list[str]:
@@ -440,6 +474,13 @@ def markdown(
         "## Mean gain per level of each grid factor",
         "",
         level_table(means) if means else "(no factor has two levels among the runs)",
+        "",
+        "## Confidence and out-of-domain",
+        "",
+        "The studied student's mean top-class probability on the dev split against its main metric on the "
+        "`eval.ood_tasks` (mean over them) and its in-domain minus out-of-domain gap.",
+        "",
+        confidence_table(confidence_ood(records)),
         "",
         f"## Students above their teacher ({above} run(s); {beats} beyond the paired interval)",
         "",

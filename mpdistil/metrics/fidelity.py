@@ -159,7 +159,8 @@ def classification_fidelity(
     """How closely a student's output distribution follows the teacher's.
 
     Always: ``agreement``, ``kl_teacher_student`` (mean KL(T||S), nats), ``js`` (mean
-    Jensen-Shannon, nats, in [0, ln 2]), ``n``. With labels also: ``ece_teacher``,
+    Jensen-Shannon, nats, in [0, ln 2]), ``confidence_teacher`` / ``confidence_student`` (mean top-class
+    probability), ``n``. With labels also: ``ece_teacher``,
     ``ece_student``, ``brier_teacher``, ``brier_student``, the flip table
     ``flip_student_only``, ``flip_teacher_only``, ``flip_both``, ``flip_neither`` and
     ``student_advantage`` / ``student_deficit`` (the first two counts divided by N).
@@ -178,6 +179,8 @@ def classification_fidelity(
         "agreement": float(np.mean(pred_t == pred_s)),
         "kl_teacher_student": float(np.mean(np.maximum(_kl_rows(pt, ps), 0.0))),
         "js": float(np.clip(np.mean(js_rows), 0.0, np.log(2.0))),
+        "confidence_teacher": float(np.mean(pt.max(axis=1))),
+        "confidence_student": float(np.mean(ps.max(axis=1))),
         "n": int(n),
     }
     if labels is None:
