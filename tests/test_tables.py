@@ -487,8 +487,10 @@ CPU_RESULTS = REPO / "experiments" / "results" / "cpu_repro"
 
 @pytest.mark.parametrize("table", ["cpu_repro", "cpu_repro_glue"])
 def test_committed_cpu_tables_rerender_from_their_csvs(table: str, tmp_path: Path) -> None:
-    """RUN.md promises the committed tables re-render from their two CSVs; a renderer change must keep that."""
-    out = tables_py("render", table, str(CPU_RESULTS / f"{table}_seeds.csv"), str(CPU_RESULTS / f"{table}_long.csv"),
+    """RUN.md promises the committed tables re-render from their committed files (per-seed values, the long CSV and
+    the per-example predictions); a renderer change must keep that."""
+    out = tables_py("render", table, *(str(CPU_RESULTS / f"{table}{suffix}")
+                                       for suffix in ("_seeds.csv", "_long.csv", "_predictions.json")),
                     "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     for suffix in (".csv", "_long.csv", "_seeds.csv", "_comparisons.csv", "_predictions.json"):
