@@ -185,8 +185,10 @@ def test_the_command_line_spells_out_teachers_and_chooses_the_audit_folder():
         "task=cb",
         "audit.teachers=[tiny,minilm]",
         RUN_DIR,
+        "hydra.job.name=audit",
     ]
-    assert arguments(["audit", "hydra.run.dir=here"]) == ["hydra.run.dir=here"]
+    assert arguments(["audit", "hydra.run.dir=here", "hydra.job.name=mine"]) == ["hydra.run.dir=here",
+                                                                                "hydra.job.name=mine"]
     with pytest.raises(ConfigError, match="usage: python -m mpdistil.teachers audit"):
         arguments(["adit", "task=cb"])
 

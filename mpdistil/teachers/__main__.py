@@ -32,6 +32,8 @@ def arguments(argv: Sequence[str]) -> list[str]:
     args = [f"audit.{a}" if a.partition("=")[0] == "teachers" else a for a in argv[1:]]
     if not any(a.partition("=")[0] == "hydra.run.dir" for a in args):
         args.append(RUN_DIR)
+    if not any(a.partition("=")[0] == "hydra.job.name" for a in args):
+        args.append("hydra.job.name=audit")  # the log is audit.log, not __main__.log
     return args
 
 
