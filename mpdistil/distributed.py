@@ -80,6 +80,13 @@ class World:
         self.sum_([t])
         return {k: float(v) for k, v in zip(keys, t.tolist())}
 
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank: a check that stops one rank (a non-finite loss) stops them all
+        at the same step, instead of leaving the others waiting in the next collective."""
+        if not self.active:
+            return flag
+        return self.sum_floats({"false": 0.0 if flag else 1.0})["false"] == 0.0
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         if not self.active:

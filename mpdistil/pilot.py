@@ -119,7 +119,7 @@ def apply_gradient(params: list[torch.Tensor], grads: list[torch.Tensor], optimi
     gradients are summed first, each weighted by its share of ``batch`` (the quiz batch it was scored on)."""
     from mpdistil.training import NonFiniteLossError
 
-    if not all(torch.isfinite(g).all() for g in grads):
+    if not rt.world.all_true(all(bool(torch.isfinite(g).all()) for g in grads)):
         raise NonFiniteLossError(f"non-finite meta-gradient for the {what}; lower method.pilot_lr "
                                  f"(method.pilot_adam_lr for the Adam pilot) or use fp32")
     grads = [g.detach() for g in grads]

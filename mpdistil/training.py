@@ -83,7 +83,7 @@ class Runtime:
 
     def backward(self, loss: torch.Tensor, what: str, batch: Optional[dict[str, Any]] = None) -> None:
         """Accumulate the gradient of ``loss`` (scaled under fp16, so small gradients do not underflow)."""
-        if not torch.isfinite(loss.detach()).all():
+        if not self.world.all_true(bool(torch.isfinite(loss.detach()).all())):
             raise NonFiniteLossError(
                 f"non-finite loss ({float(loss.detach())}) while training the {what}; lower the learning rate or "
                 "use trainer.precision=fp32 — the last good checkpoint is kept"
