@@ -107,7 +107,9 @@ def collect(ctx: RunContext, data_info: dict[str, Any], timings: dict[str, float
 
 
 def peak_memory() -> dict[str, float]:
-    """Peak resident memory of this process (and peak CUDA memory when a GPU was used), in MB."""
+    """Peak resident memory of this process (and peak CUDA memory when a GPU was used), in MB. The CUDA peak is
+    this run's (reset when it starts); the resident peak is the process's, so in a multirun whose jobs share
+    one process it also covers the jobs before."""
     out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20

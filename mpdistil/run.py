@@ -93,6 +93,8 @@ def _run(cfg: DictConfig, out_dir: Path, run_dir: Path, world: World, fields: di
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()  # a multirun job reports its own peak, not an earlier job's
     cache_dir = cache_root(cfg.cache_dir)
     groups = phase_groups(cfg)
     timings: dict[str, float] = {}
