@@ -10,7 +10,7 @@ per seed, and writes them to JSON with the machine and the git commit. Times com
 runs on the same machine. The authors' code has not been timed side by side with this one, so no
 speed-up against it is computed; its dev metrics on this job are kept as reference values.
 
-    python experiments/bench_anchor.py --data-dir ../shared/data/superglue --seeds 1 2 3
+    python experiments/bench_anchor.py --data-dir <superglue> --seeds 1 2 3
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ out every other op (softmax, layer norm, GELU, dropout, the optimizer, data move
 every matmul runs as fast as the best large square one. Prints and records the machine with the
 figures; they hold for that machine only.
 
-    python experiments/bench_floor.py --data-dir ../shared/data/superglue
+    python experiments/bench_floor.py --data-dir <superglue>
 
 The counter slows the run it counts (1.33x on this job), so the counted run's phase times are
 upper bounds; ``bench_anchor.py`` times the same job without it.

@@ -7,7 +7,7 @@ other SuperGLUE tasks as curriculum actions, fixed episodes. Each point is a fre
 cached). Prints the machine and writes it, with the git commit, into a JSON beside a two-panel plot
 with a least-squares line per panel.
 
-    python experiments/bench_scaling.py --data-dir ../shared/data
+    python experiments/bench_scaling.py --data-dir <data>
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def main() -> None:
         print(f"written: {out.with_suffix('.png')}")
         return
     if not args.data_dir:
-        ap.error("--data-dir is required to measure, e.g. --data-dir ../shared/data (or pass --plot-only)")
+        ap.error("--data-dir is required to measure: a folder holding glue/ and superglue/ (or pass --plot-only)")
     root = Path(args.data_dir).resolve()
     size_runs = {
         "cb": ["task=cb", f"data_dir={root / 'superglue'}"],
