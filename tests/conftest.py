@@ -2,8 +2,8 @@
 
 Tests read the synthetic files in ``tests/fixtures`` (``FIXTURES``), so they run on any fresh clone. Tests
 marked ``shared_data`` check facts of the official files in ``$MPDISTIL_SHARED_DATA`` (default: ``shared/data``
-beside the checkout): they are deselected unless pytest is given ``--shared-data``, and then fail if that folder is missing.
-Tests marked ``gpu`` are skipped without a CUDA device; any other skip fails the run.
+beside the checkout): they are deselected unless pytest is given ``--shared-data``, and then fail if that folder
+is missing. Tests marked ``gpu`` are skipped without a CUDA device; any other skip fails the run.
 """
 from __future__ import annotations
 
