@@ -28,7 +28,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and mpdistil, also without `pip install -e .`
 
 from tablekit.grid import GRIDS, coverage_sources, factors, study_sweeps, sweep_runs  # noqa: E402
-from tablekit.launch import REPO, hydra_value, is_sweep, run_sweeps  # noqa: E402
+from tablekit.launch import REPO, hydra_value, is_sweep, run_or_render, run_sweeps  # noqa: E402
 
 DEFAULT_TASKS = {"full": ["sentiment_movies", "cb", "rte"], "cpu": ["sentiment_movies"]}
 
@@ -195,10 +195,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="launch the grid's Hydra multiruns (overrides after --)")
@@ -214,15 +211,11 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     d.add_argument("--out", help="output folder (default: the first runs folder)")
     d.add_argument("--row", help="the student row under study (default: each run's final student)")
     d.add_argument("--wandb", action="store_true", help="also log the plots and the runs table to W&B")
-    args = p.parse_args(argv)
-    if extra and args.verb != "run":
-        raise fail("overrides after -- are only for `run`")
-    return args, extra
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, extra = parse(sys.argv[1:] if argv is None else argv)
-    return cmd_run(args, extra) if args.verb == "run" else cmd_render(args)
+    return run_or_render(parser(), sys.argv[1:] if argv is None else argv, cmd_run, cmd_render)
 
 
 if __name__ == "__main__":

@@ -34,15 +34,12 @@ sys.path.insert(0, str(HERE))  # a script: paper_tables and tablekit sit beside 
 if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and the metrics come from mpdistil, also without `pip install -e .`
 
-from tablekit.launch import cmd_run  # noqa: E402
+from tablekit.launch import cmd_run, run_or_render  # noqa: E402
 from tablekit.render import cmd_render  # noqa: E402
 from tablekit.specs import ABLATIONS, TABLES  # noqa: E402
 
 
-def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+def parser() -> argparse.ArgumentParser:
     kinds = [*TABLES, "ablation"]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
@@ -68,15 +65,11 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     d.add_argument("--experiment-name", nargs="+",
                    help="tables: accept runs of these experiment_names instead of the table's")
     d.add_argument("--agent", help="ablation: agent row to show (default: the final student)")
-    args = p.parse_args(argv)
-    if extra and args.verb != "run":
-        p.error("overrides after -- are only for `run`")
-    return args, extra
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, extra = parse(sys.argv[1:] if argv is None else argv)
-    return cmd_run(args, extra) if args.verb == "run" else cmd_render(args)
+    return run_or_render(parser(), sys.argv[1:] if argv is None else argv, cmd_run, cmd_render)
 
 
 if __name__ == "__main__":

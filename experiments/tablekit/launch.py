@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +146,24 @@ def run_sweeps(sweeps: Sequence[Sweep], out_dir: Path, label: str, render: str, 
     print(f"\n[{tag}] {len(log) - len(failed)}/{len(log)} sweeps succeeded"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f"\n[{tag}] render: {render}", flush=True)
     return 1 if failed else 0
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A script's own arguments and the Hydra overrides after ``--`` (which only ``run`` passes on)."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
+def run_or_render(parser: argparse.ArgumentParser, argv: Sequence[str],
+                  run: Callable[[argparse.Namespace, list[str]], int],
+                  render: Callable[[argparse.Namespace], int]) -> int:
+    """The ``run``/``render`` entry of the experiment scripts: parse, refuse overrides outside ``run``, dispatch."""
+    own, extra = split_overrides(argv)
+    args = parser.parse_args(own)
+    if extra and args.verb != "run":
+        parser.error("overrides after -- are only for `run`")
+    return run(args, extra) if args.verb == "run" else render(args)
+
