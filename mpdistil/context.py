@@ -73,6 +73,9 @@ class RunContext:
     # the teacher's encoding of ``splits`` when its tokenizer differs from the student's (None: it reads ``splits``)
     teacher_view: Optional[dict[str, EncodedSplit]] = None
     tokenizers: dict[str, Any] = field(default_factory=dict)  # "teacher", "student": one object when shared
+    # further teachers (``teachers=[...]``, agents "teacher_2", ...): each one's encoding of ``splits`` when its
+    # tokenizer differs from the student's (None: it reads ``splits``)
+    views: dict[str, Optional[dict[str, EncodedSplit]]] = field(default_factory=dict)
 
     @property
     def teacher_splits(self) -> dict[str, EncodedSplit]:
@@ -80,8 +83,17 @@ class RunContext:
         return self.splits if self.teacher_view is None else self.teacher_view
 
     def splits_for(self, agent: nn.Module) -> dict[str, EncodedSplit]:
-        """The encoding ``agent`` reads: the teacher's for the teacher and its copies, else the student's."""
-        return self.teacher_splits if getattr(agent, "view", "student") == "teacher" else self.splits
+        """The encoding ``agent`` reads: the teacher's for the teacher and its copies, a further teacher's own, else
+        the student's."""
+        view = getattr(agent, "view", "student")
+        if view == "teacher":
+            return self.teacher_splits
+        return self.views.get(view) or self.splits
+
+    @property
+    def further_teachers(self) -> list[str]:
+        """The names of the teachers beyond the model group's (``teachers=[...]``), in order."""
+        return list(self.views)
 
     def teacher_batch(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
         """The teacher's encoding of the examples of a (student's) batch of ``split``, matched by index; the batch
@@ -144,18 +156,32 @@ class RunContext:
     def mapped_teacher_layers(self) -> list[int]:
         return [t for _, t in layer_map(self.student.num_layers, self.teacher.num_layers, self.cfg.method.layer_map)]
 
-    def teacher_cache(self, split: str) -> dict[str, torch.Tensor]:
+    def teacher_cache(self, split: str, name: str = "teacher") -> dict[str, torch.Tensor]:
         """Frozen-teacher outputs for a split, computed once per run (the teacher never changes after phase 1), on
-        the teacher's encoding, in example order: row i belongs to example i of the student's split too."""
-        if split not in self.teacher_outputs or not self.cfg.trainer.cache_teacher_outputs:
-            view = self.teacher_splits[split]
+        the teacher's encoding, in example order: row i belongs to example i of the student's split too. ``name``:
+        a further teacher's (logits and pooled vectors; PKD reads the model group's teacher alone)."""
+        key = split if name == "teacher" else f"{name}/{split}"
+        if key not in self.teacher_outputs or not self.cfg.trainer.cache_teacher_outputs:
+            agent = self.agent(name)
+            view = self.splits_for(agent)[split]
             if len(view) != len(self.splits[split]):
-                raise RuntimeError(f"the teacher's encoding of {split} has {len(view)} examples, the student's "
+                raise RuntimeError(f"the {name}'s encoding of {split} has {len(view)} examples, the student's "
                                    f"{len(self.splits[split])}: teacher outputs would not align by index")
-            self.teacher_outputs[split] = teacher_outputs(self.teacher, view, self.rt,
-                                                          self.mapped_teacher_layers() if self.cfg.method.beta > 0
-                                                          else [])
-        return self.teacher_outputs[split]
+            layers = self.mapped_teacher_layers() if self.cfg.method.beta > 0 and name == "teacher" else []
+            self.teacher_outputs[key] = teacher_outputs(agent, view, self.rt, layers)
+        return self.teacher_outputs[key]
+
+    def teacher_stack(self, split: str, idx: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """[K, B, ...]: ``first`` (the model group's teacher's, or T''s, logits of examples ``idx``) and each further
+        teacher's frozen logits of the same examples, on ``first``'s device."""
+        rest = [self.teacher_cache(split, name)["logits"][idx].to(first.device, first.dtype)
+                for name in self.further_teachers]
+        return torch.stack([first, *rest])
+
+    def mixture(self, owner: str = "student") -> Optional[nn.Module]:
+        """The teacher mix (:mod:`mpdistil.mixing`) of the student ``owner`` distils, in a run with several teachers;
+        the main student's for T' and the curriculum."""
+        return self.agents.get(f"{owner}_teacher_mix")
 
     def representation(self, cache: dict[str, torch.Tensor]) -> torch.Tensor:
         """What T' reads from a frozen-teacher cache: pooled vectors or the last [CLS]."""
@@ -176,7 +202,22 @@ class RunContext:
         """T' over the frozen teacher encoder: the meta-teacher row of the table."""
         mt = self.meta_teacher()
         h = self.representation(self.teacher_cache(split))
-        return mt(h.view(-1, h.shape[-1]).to(self.rt.device), "teacher", self.splits[split].num_choices).float().cpu()
+        logits = mt(h.view(-1, h.shape[-1]).to(self.rt.device), "teacher", self.splits[split].num_choices).float()
+        return self.mixed_teacher_logits(split, logits) if self.further_teachers else logits.cpu()
+
+    @torch.no_grad()
+    def mixed_teacher_logits(self, split: str, first: Optional[torch.Tensor] = None,
+                             owner: str = "student") -> torch.Tensor:
+        """The teachers' mixture on a split as a model of its own (an ensemble at τ = 1), with label-free weights:
+        those of the student ``owner`` distils (else the main student's, else the mean). ``first``: logits in the
+        model group's teacher's place (T''s, for the meta-teacher row), else that teacher's."""
+        from mpdistil.mixing import MeanMix, mix_logits
+
+        if first is None:
+            first = self.teacher_cache(split)["logits"]
+        stack = self.teacher_stack(split, torch.arange(first.shape[0]), first.float())
+        mix = self.mixture(owner) or self.mixture() or MeanMix(stack.shape[0], self.task.num_outputs)
+        return mix_logits(stack, mix.label_free(stack), self.task.kind, 1.0).cpu()
 
     def timed(self, name: str) -> _Timer:
         return _Timer(self, name)
@@ -213,6 +254,10 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path, world: Op
                      splits=data.splits, dev_names=data.dev_names, teacher=teacher, student=student,
                      initial_student_state={k: v.detach().clone() for k, v in student.state_dict().items()},
                      aux=data.aux, sources=sources, teacher_view=data.teacher_splits, tokenizers=data.tokenizers)
+    if len(cfg.teachers) > 1:
+        from mpdistil.ensemble import add_further_teachers
+
+        add_further_teachers(ctx)
     ctx.data_hash = data.training_hash(ctx.selection_split)
     ctx.transfer_hash = data.transfer_hash()
     return ctx

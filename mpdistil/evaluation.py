@@ -182,6 +182,13 @@ def evaluate_row(ctx: Any, phase: Phase, splits: list[str]) -> dict[str, Any]:
     fidelity[f"{row}_vs_teacher"] = vs_teacher
     if vs_meta:
         fidelity[f"{row}_vs_meta_teacher"] = vs_meta
+    if ctx.further_teachers:  # against each further teacher, and against the mixture this row distilled from
+        owner = phase.trains[0] if phase.trains else "student"
+        for name in ctx.further_teachers:
+            fidelity[f"{row}_vs_{name}"] = {s: compare(ctx.teacher_cache(s, name)["logits"], logits[s],
+                                                       ctx.splits[s].labels, kind) for s in splits}
+        fidelity[f"{row}_vs_teacher_mix"] = {s: compare(ctx.mixed_teacher_logits(s, owner=owner), logits[s],
+                                                        ctx.splits[s].labels, kind) for s in splits}
     if kind != "regression":
         labels = ctx.splits[first].labels
         curves = {"teacher": (torch.softmax(ctx.teacher_cache(first)["logits"], -1).numpy(), labels.numpy()),

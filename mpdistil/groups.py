@@ -15,7 +15,7 @@ import torch
 from mpdistil.caches import CacheEntry
 from mpdistil.checkpoints import Checkpoint, Position, kill_point, rank_rng, restore
 from mpdistil.context import RunContext
-from mpdistil.identity import COMMON_FIELDS, field_values, fingerprint, identity
+from mpdistil.identity import COMMON_FIELDS, MIX_FIELDS, field_values, fingerprint, identity
 from mpdistil.phases import PHASES, Phase
 from mpdistil.seeding import seed_group, set_rng_state
 
@@ -27,6 +27,10 @@ def phase_groups(cfg: Any) -> list[list[str]]:
 def group_identity(ctx: RunContext, phases: list[Phase], index: int) -> dict[str, Any]:
     fields = COMMON_FIELDS + tuple(f for p in phases for f in p.identity_fields())
     upstream = {a: ctx.lineage.get(a, "initial") for p in phases for a in p.reads}
+    if ctx.further_teachers and any("teacher" in p.reads and "teacher" not in p.trains for p in phases):
+        # it reads the mixture of the teachers: which they are, how they are mixed, and how each was trained
+        fields += MIX_FIELDS
+        upstream.update({name: ctx.lineage.get(name, "initial") for name in ctx.further_teachers})
     data = ctx.data_hash
     if ctx.transfer_hash and any(p.reads_transfer for p in phases):
         data = fingerprint([data, ctx.transfer_hash])

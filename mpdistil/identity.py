@@ -27,6 +27,9 @@ COMMON_FIELDS = ("seed", "trainer.precision", "trainer.batch_size", "trainer.len
                  "model.attn_implementation")
 # Fields that shape the frozen teacher's outputs: part of every phase that reads the teacher without training it.
 FROZEN_TEACHER_FIELDS = ("model.teacher_dtype",)
+# Fields that shape the mixture of several teachers (teachers=[...]): part of every phase that reads the frozen
+# teachers, in runs with more than one (mpdistil/groups.py), so single-teacher identities are unchanged.
+MIX_FIELDS = ("teachers", "method.teacher_mix", "method.mix_estimator", "method.mix_scope", "method.mix_lr")
 # Fields that act only through the data they select or encode: their effect is in the data's content hash (for
 # data.*, the transfer split's, in the identity of the phases that read it).
 DATA_FIELDS = ("task", "model.tokenizer", "trainer.heldout_fraction", "data")

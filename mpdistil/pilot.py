@@ -82,17 +82,19 @@ def cached_teacher_cls(ctx: Any, split: str) -> Callable[[dict[str, Any]], list[
 def pilot_gradient(ctx: Any, meta_params: list[torch.Tensor],
                    soft_targets: Callable[[dict[str, Any]], torch.Tensor],
                    inner_batches: list[dict[str, Any]], quiz_batches: list[dict[str, Any]],
-                   teacher_cls: Optional[Callable[[dict[str, Any]], list[torch.Tensor]]] = None
-                   ) -> tuple[list[torch.Tensor], dict[str, float]]:
+                   teacher_cls: Optional[Callable[[dict[str, Any]], list[torch.Tensor]]] = None,
+                   agent: str = "student") -> tuple[list[torch.Tensor], dict[str, float]]:
     """d L_quiz(θ') / d meta_params, where θ' = θ − η ∇θ L_S(θ; soft_targets) unrolled k times (or Adam steps).
 
     ``teacher_cls`` (:func:`cached_teacher_cls`) is given by a phase whose real student loss has the PKD term:
     the pilot's inner loss then has β·PKD too, the student's forward returning its layers' [CLS] states. An
-    Adam pilot continues the moments of the optimizer now training the student (``ctx.optimizers["student"]``).
+    Adam pilot continues the moments of the optimizer now training the student (``ctx.optimizers[agent]``).
+    ``agent``: the student whose step is piloted (a baseline phase's own copy, e.g. ``kd``).
     """
     m, kind = ctx.cfg.method, ctx.task.kind
+    student = ctx.agent(agent)
     beta = m.beta if teacher_cls is not None else 0.0
-    pairs = layer_map(ctx.student.num_layers, ctx.teacher.num_layers, m.layer_map) if beta > 0 else []
+    pairs = layer_map(student.num_layers, ctx.teacher.num_layers, m.layer_map) if beta > 0 else []
 
     def inner(forward: Callable[..., Any], batch: dict[str, Any]) -> torch.Tensor:
         out = forward(**model_inputs(batch), output_hidden=bool(pairs))
@@ -108,9 +110,9 @@ def pilot_gradient(ctx: Any, meta_params: list[torch.Tensor],
         return hard_loss(forward(**model_inputs(batch)).logits, batch["labels"], kind)
 
     adam = m.pilot_optimizer == "adam"
-    optimizer = ctx.optimizers.get("student") if adam else None
-    return meta_gradient(ctx.student, meta_params, inner, outer, inner_batches, quiz_batches,
-                         step_config(m, optimizer), student_moments(ctx.student, optimizer) if adam else None)
+    optimizer = ctx.optimizers.get(agent) if adam else None
+    return meta_gradient(student, meta_params, inner, outer, inner_batches, quiz_batches,
+                         step_config(m, optimizer), student_moments(student, optimizer) if adam else None)
 
 
 def apply_gradient(params: list[torch.Tensor], grads: list[torch.Tensor], optimizer: torch.optim.Optimizer,

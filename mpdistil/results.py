@@ -28,6 +28,8 @@ def final_rows(ctx: RunContext) -> dict[str, Phase]:
     """For each trained agent, the last row that evaluated it (an agent trained further supersedes its row)."""
     last: dict[str, tuple[str, Phase]] = {}
     for row, phase in row_phases(ctx).items():
+        if row != phase.row.name:  # a further teacher's row (teachers=[...]): in-domain only
+            continue
         if phase.trains and phase.row_agent(ctx) is not None:
             last[phase.trains[0]] = (row, phase)
     return dict(sorted(last.values(), key=lambda item: list(ctx.row_phase).index(item[0])))
@@ -97,7 +99,9 @@ def collect(ctx: RunContext, data_info: dict[str, Any], timings: dict[str, float
                   "student_init": cfg.model.student_init,
                   "teacher_params": count_parameters(teacher.hf), "student_params": count_parameters(student.hf)},
         "agents": ctx.rows, "final_row": final_row,
-        "row_titles": {row: PHASES[name].row.title for row, name in ctx.row_phase.items()},
+        "row_titles": {row: PHASES[name].row.title if row == PHASES[name].row.name
+                       else f"{PHASES[name].row.title} ({row}: {ctx.sources.get(row, row)})"
+                       for row, name in ctx.row_phase.items()},
         "fidelity": ctx.records.pop("fidelity", {}), "ood": ood,
         "phases": ctx.records, "time": timings, **({"flops": ctx.flops} if cfg.trainer.count_flops else {}),
         "memory": peak_memory(), "machine": machine_info(),

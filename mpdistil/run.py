@@ -23,6 +23,7 @@ from mpdistil.context import build_context
 from mpdistil.data.prepare import prepare_data
 from mpdistil.data.registry import get_task_spec
 from mpdistil.distributed import World, init_world
+from mpdistil.ensemble import fit_further_teachers
 from mpdistil.evaluation import evaluate_row
 from mpdistil.groups import phase_groups, resume, run_group, settle_teacher
 from mpdistil.identity import identity, run_fields
@@ -130,6 +131,7 @@ def _run(cfg: DictConfig, out_dir: Path, run_dir: Path, world: World, fields: di
                     for phase in produced:
                         ctx.row_phase[phase.row.name] = phase.name
                         ctx.rows[phase.row.name] = evaluate_row(ctx, phase, eval_splits)
+                fit_further_teachers(ctx, group, index, eval_splits)
                 ckpt.save(ctx, Position(index + 1, 0), [])
                 kill_point(f"{label}:done")
     finally:

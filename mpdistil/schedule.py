@@ -58,6 +58,10 @@ def check_schedule(cfg: Any, used: bool) -> None:
                           "the checkpoints evenly over the student's epochs")
     if not used or m.teacher_schedule != "checkpoints":
         return
+    if len(cfg.teachers) > 1:
+        raise ConfigError("method.teacher_schedule=checkpoints follows one teacher's checkpoints, and this run has "
+                          f"{len(cfg.teachers)} teachers (teachers=[...]); set method.teacher_schedule=final or list "
+                          "one teacher")
     if not cfg.trainer.keep_teacher_checkpoints:
         raise ConfigError("method.teacher_schedule=checkpoints distils from the teacher's per-epoch checkpoints; "
                           "set trainer.keep_teacher_checkpoints=true so that phase 1 keeps them")

@@ -275,8 +275,8 @@ def test_logit_noise_is_fixed_per_example_across_epochs(tmp_path: Path, monkeypa
     seen: dict[int, list[torch.Tensor]] = {}
     real = DistillPhase.targets
 
-    def targets(self: DistillPhase, ctx: Any, idx: torch.Tensor, choices: int) -> Any:
-        noisy = real(self, ctx, idx, choices)
+    def targets(self: DistillPhase, ctx: Any, idx: torch.Tensor, choices: int, *rest: Any) -> Any:
+        noisy = real(self, ctx, idx, choices, *rest)
         if noisy is not None:
             clean = self.soft_targets(ctx, idx, choices)
             for i, row in zip(idx.tolist(), noisy - clean):

@@ -17,7 +17,8 @@ from mpdistil.groups import advance, group_identity, phase_groups
 from mpdistil.phases import PHASES
 from tests.helpers import custom_task, make_cfg, run_cfg
 
-CLASSIFIED = ident.COMMON_FIELDS + ident.DATA_FIELDS + ident.STRUCTURE_FIELDS + ident.EVALUATION_FIELDS
+CLASSIFIED = ident.COMMON_FIELDS + ident.DATA_FIELDS + ident.STRUCTURE_FIELDS + ident.EVALUATION_FIELDS + \
+    ident.MIX_FIELDS
 
 
 def schema_leaves() -> dict[str, Any]:
@@ -73,7 +74,8 @@ def _other(value: Any, kind: Any, key: str) -> Any:
 
 def identities(cfg: Any) -> list[str]:
     """The fingerprint of every cached group of a method, computed as a run chains them."""
-    ctx = SimpleNamespace(cfg=cfg, lineage={}, data_hash="data", transfer_hash="", rt=SimpleNamespace(world=World()))
+    ctx = SimpleNamespace(cfg=cfg, lineage={}, data_hash="data", transfer_hash="", rt=SimpleNamespace(world=World()),
+                          further_teachers=[f"teacher_{k}" for k in range(2, len(cfg.teachers) + 1)])
     out = []
     for index, names in enumerate(phase_groups(cfg)):
         phases = [PHASES[n]() for n in names]

@@ -84,8 +84,8 @@ def kd_run(models: dict[str, str], tmp_path_factory: pytest.TempPathFactory, one
     seen: list[tuple[Any, torch.Tensor]] = []
     real = DistillPhase.soft_targets
 
-    def recording(self: DistillPhase, ctx: Any, idx: torch.Tensor, choices: int) -> Any:
-        soft = real(self, ctx, idx, choices)
+    def recording(self: DistillPhase, ctx: Any, idx: torch.Tensor, choices: int, *rest: Any) -> Any:
+        soft = real(self, ctx, idx, choices, *rest)
         if soft is not None:
             seen.extend((ctx.splits["train"].examples[i].texts, row) for i, row in zip(idx.tolist(), soft.cpu()))
         return soft

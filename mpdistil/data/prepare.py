@@ -60,11 +60,7 @@ class RunData:
     def training_hash(self, selection: Optional[str]) -> str:
         """Content of the splits that agents are trained and selected on (part of every cached agent's identity),
         in both encodings when teacher and student read different ones."""
-        names = ["train", "quiz"] + ([selection] if selection else [])
-        parts = {name: split_fingerprint(self.splits[name]) for name in names}
-        if self.teacher_splits is not None:
-            parts.update({f"teacher/{name}": split_fingerprint(self.teacher_splits[name]) for name in names})
-        return fingerprint(parts)
+        return training_hash(self.splits, self.teacher_splits, selection)
 
     def transfer_hash(self) -> str:
         """Content of the transfer split (both encodings), part of the identity of the phases that read it; empty
@@ -72,6 +68,16 @@ class RunData:
         views = [("", self.splits)] + ([("teacher/", self.teacher_splits)] if self.teacher_splits else [])
         parts = {f"{p}transfer": split_fingerprint(v["transfer"]) for p, v in views if "transfer" in v}
         return fingerprint(parts) if parts else ""
+
+
+def training_hash(splits: dict[str, EncodedSplit], teacher_splits: Optional[dict[str, EncodedSplit]],
+                  selection: Optional[str]) -> str:
+    """Content of train′, quiz and the selection split, in the student's encoding and the teacher's if another."""
+    names = ["train", "quiz"] + ([selection] if selection else [])
+    parts = {name: split_fingerprint(splits[name]) for name in names}
+    if teacher_splits is not None:
+        parts.update({f"teacher/{name}": split_fingerprint(teacher_splits[name]) for name in names})
+    return fingerprint(parts)
 
 
 def run_tokenizers(cfg: Any) -> tuple[Any, Any]:

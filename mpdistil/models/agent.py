@@ -200,14 +200,18 @@ def build_agents(model_cfg: Any, main_task: str, kind: str, num_labels: int, lab
     kwargs = _hf_kwargs(num_labels, kind, label_names, model_cfg.attn_implementation)
     teacher_src, teacher_label = resolve_model_source(model_cfg.teacher, cache_dir)
     torch.manual_seed(seed)
-    if model_cfg.random_init:
-        overrides = dict(model_cfg.config_overrides)
-        config = load_config(teacher_src, **overrides, **kwargs)
-        teacher_hf = AutoModelForSequenceClassification.from_config(config)
-    else:
-        teacher_hf = load_classifier(teacher_src, **kwargs)
+    teacher_hf = teacher_model(teacher_src, model_cfg.random_init, dict(model_cfg.config_overrides), kwargs)
     if model_cfg.student:
         student_src, student_label = resolve_model_source(model_cfg.student, cache_dir)
+        layers = model_cfg.student_layers
+        if layers is not None:  # the first layers of another model, e.g. a 3-layer MiniLM under an MPNet teacher
+            available = load_config(student_src).num_hidden_layers
+            if layers > available:
+                raise ConfigError(f"model.student_layers={layers} exceeds the {available} layers of model.student="
+                                  f"{model_cfg.student}; set model.student_layers<={available} or null (all)")
+            if layers < available:
+                kwargs = {**kwargs, "num_hidden_layers": layers}
+                student_label = f"{student_label}[:{layers} layers]"
         student_hf = load_classifier(student_src, **kwargs)
     else:
         layers = model_cfg.student_layers
@@ -230,6 +234,27 @@ def build_agents(model_cfg: Any, main_task: str, kind: str, num_labels: int, lab
             student_label += " (random init)"
     return Agent(teacher_hf, main_task, kind, view="teacher"), Agent(student_hf, main_task, kind), {
         "teacher": teacher_label, "student": student_label}
+
+
+def teacher_model(source: str, random_init: bool, overrides: dict[str, Any], kwargs: dict[str, Any]
+                  ) -> PreTrainedModel:
+    """A teacher's HF classifier: pretrained weights, or (the test presets) a random model of the given shape."""
+    if random_init:
+        return AutoModelForSequenceClassification.from_config(load_config(source, **overrides, **kwargs))
+    return load_classifier(source, **kwargs)
+
+
+def build_further_teacher(spec: Any, name: str, main_task: str, kind: str, num_labels: int, label_names: list[str],
+                          seed: int, cache_dir: Optional[Any] = None) -> tuple[Agent, str]:
+    """A further teacher (:class:`mpdistil.mixing.TeacherSpec`) and its source label. Built from ``seed`` as the
+    model group's teacher is, in its own random stream: the run's stream is left as it was, and a further teacher
+    identical to the first starts from the same weights."""
+    source, label = resolve_model_source(spec.source, cache_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = teacher_model(source, spec.random_init, spec.overrides,
+                           _hf_kwargs(num_labels, kind, label_names, spec.attn_implementation))
+    return Agent(hf, main_task, kind, view=name), label
 
 
 def reinitialised(hf: PreTrainedModel, seed: int) -> PreTrainedModel:

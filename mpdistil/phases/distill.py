@@ -23,6 +23,7 @@ from mpdistil.context import RunContext
 from mpdistil.data.encode import model_inputs
 from mpdistil.frontier import SOFT_TERM_FIELDS, FrontierLog, check_frontier, filter_epoch, logit_noise
 from mpdistil.losses import distillation_loss, layer_map
+from mpdistil.mixing import build_mix, learn_epoch, mix_logits, weights_plot
 from mpdistil.phases import (
     STUDENT_FIELDS,
     Row,
@@ -33,6 +34,7 @@ from mpdistil.phases import (
     check_student,
     register_phase,
 )
+from mpdistil.pilot import cached_teacher_cls
 from mpdistil.schedule import SCHEDULE_FIELDS, TeacherSchedule, check_schedule
 from mpdistil.training import predict
 
@@ -88,6 +90,14 @@ class DistillPhase(TrainingPhase):
         student = self.row_agent(ctx)
         if self.distilled:
             attach_pkd_projection(ctx, student)
+            if ctx.further_teachers and f"{self.trains[0]}_teacher_mix" not in ctx.agents:
+                ctx.agents[f"{self.trains[0]}_teacher_mix"] = build_mix(
+                    ctx.cfg, 1 + len(ctx.further_teachers), ctx.task.num_outputs).to(ctx.rt.device)
+
+    def modules(self, ctx: RunContext) -> dict[str, nn.Module]:
+        """The student, and the teacher mix it learned from when there are several teachers (a cache keeps it)."""
+        mix = ctx.mixture(self.trains[0])
+        return {**super().modules(ctx), **({f"{self.trains[0]}_teacher_mix": mix} if mix is not None else {})}
 
     def start(self, ctx: RunContext) -> None:
         m = ctx.cfg.method
@@ -107,6 +117,10 @@ class DistillPhase(TrainingPhase):
                                         ctx.records["teacher"]["best_epoch"]) \
             if self.distilled and m.teacher_schedule == "checkpoints" else None
         self.out: dict[str, dict[str, torch.Tensor]] = {}
+        # several teachers: the mix of their soft targets, and the optimizer of its weights when they are learned
+        self.mix = ctx.mixture(self.trains[0]) if self.distilled else None
+        self.mix_opt = torch.optim.Adam(self.mix.parameters(), lr=m.mix_lr) \
+            if self.mix is not None and self.mix.learned else None
         if self.distilled:
             self.out = {split: ctx.teacher_cache(split) for split in ("train", "transfer")
                         if split == "train" or self.transfer is not None}
@@ -122,10 +136,22 @@ class DistillPhase(TrainingPhase):
         self.noise = logit_noise(tuple(self.out["train"]["logits"].shape), m.teacher_noise_scale, ctx.generator(10)) \
             if soft and m.teacher_noise == "logit_gauss" else None
 
-    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
-                     split: str = "train") -> Optional[torch.Tensor]:
-        """Soft targets of examples ``idx`` of ``split`` (train′ or transfer): T′'s once phase 3 has trained it (it
-        reads the final teacher's representations), else the frozen teacher's."""
+    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int, split: str = "train",
+                     labels: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Soft targets of examples ``idx`` of ``split`` (train′ or transfer, ``labels`` where known): the
+        teacher's (:meth:`first_targets`), or with several teachers their mixture, in which that teacher's place is
+        taken by T′ once phase 3 has trained it."""
+        first = self.first_targets(ctx, idx, choices, split)
+        if first is None or self.mix is None:
+            return first
+        with torch.no_grad():
+            stack = ctx.teacher_stack(split, idx, first.float())
+            return mix_logits(stack, self.mix.weights(stack, labels, split, idx), ctx.task.kind, self.temperature)
+
+    def first_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
+                      split: str = "train") -> Optional[torch.Tensor]:
+        """T′'s logits once phase 3 has trained it (it reads the final teacher's representations), else the
+        frozen teacher's."""
         if self.alpha == 0:
             return None
         mt = ctx.agents.get("meta_teacher")
@@ -135,10 +161,11 @@ class DistillPhase(TrainingPhase):
                 return mt(h.view(-1, h.shape[-1]).to(ctx.rt.device), "teacher", choices)
         return self.out[split]["logits"][idx].to(ctx.rt.device)
 
-    def targets(self, ctx: RunContext, idx: torch.Tensor, choices: int) -> Optional[torch.Tensor]:
-        """The soft targets the student is distilled towards: :meth:`soft_targets` plus the fixed logit noise of
-        these examples when ``method.teacher_noise=logit_gauss``."""
-        soft = self.soft_targets(ctx, idx, choices)
+    def targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
+                labels: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The train′ soft targets the student is distilled towards: :meth:`soft_targets` plus the fixed logit noise
+        of these examples when ``method.teacher_noise=logit_gauss``."""
+        soft = self.soft_targets(ctx, idx, choices, "train", labels)
         if soft is None or self.noise is None:
             return soft
         return soft + self.noise[idx].to(soft.device, soft.dtype)
@@ -156,7 +183,7 @@ class DistillPhase(TrainingPhase):
         split = ctx.splits["train"]
         student = predict(self.model, split, ctx.rt)["logits"]
         with torch.no_grad():
-            targets = self.targets(ctx, torch.arange(len(split)), split.num_choices)
+            targets = self.targets(ctx, torch.arange(len(split)), split.num_choices, split.labels)
         weights, record = filter_epoch(student, targets, split.labels, criterion, keep, mode, self.temperature)
         self.frontier_log.add(epoch, record)
         return weights
@@ -187,6 +214,9 @@ class DistillPhase(TrainingPhase):
     def run_epoch(self, ctx: RunContext, epoch: int) -> dict[str, float]:
         rt, m, kind = ctx.rt, ctx.cfg.method, ctx.task.kind
         self.follow_schedule(ctx, epoch)
+        if self.mix is not None:
+            sizes = {split: len(ctx.splits[split]) for split in self.out}
+            self.mix.begin_epoch(sizes, ctx.generator(self.salt, epoch, 4))
         weights = self.frontier_weights(ctx, epoch)
         self.model.train(not m.authors_no_dropout)
         choices = ctx.splits["train"].num_choices
@@ -209,7 +239,7 @@ class DistillPhase(TrainingPhase):
                 if from_transfer:  # no label: the soft and PKD terms alone, on the teacher's (or T''s) targets
                     targets, labels, soft_weights = self.soft_targets(ctx, idx, choices, "transfer"), None, None
                 else:
-                    targets, labels = self.targets(ctx, idx, choices), batch["labels"]
+                    targets, labels = self.targets(ctx, idx, choices, batch["labels"]), batch["labels"]
                     soft_weights = None if weights is None else weights[idx].to(rt.device)
                 loss, parts = distillation_loss(out.logits, targets, labels, kind, self.alpha, self.temperature,
                                                 self.soft_loss, self.beta, student_cls, teacher_cls,
@@ -225,7 +255,26 @@ class DistillPhase(TrainingPhase):
         extra = {f"transfer_{k}": v / n_transfer for k, v in transfer_sums.items()}
         if self.frontier_log.epochs and self.frontier_log.epochs[-1]["epoch"] == epoch:
             extra["frontier_filtered"] = float(self.frontier_log.epochs[-1]["count"])
+        if self.mix_opt is not None:
+            extra.update(self.learn_mix(ctx, epoch))
         return self.end_epoch(ctx, self.model, epoch, sums, n, **extra)
+
+    def learn_mix(self, ctx: RunContext, epoch: int) -> dict[str, float]:
+        """After the epoch: one pass of the learned mixing weights over the quiz split, on this student's feedback."""
+        m, choices = ctx.cfg.method, ctx.splits["train"].num_choices
+
+        def stack(batch: dict[str, Any]) -> torch.Tensor:
+            idx = batch["index"].cpu()
+            with torch.no_grad():
+                return ctx.teacher_stack("train", idx, self.first_targets(ctx, idx, choices).float())
+
+        teacher_cls = cached_teacher_cls(ctx, "train") if self.beta > 0 and m.pilot_pkd else None
+        stats = learn_epoch(ctx, self.mix, self.mix_opt, self.trains[0], stack, epoch, self.salt, teacher_cls)
+        weights = torch.tensor(self.mix.summary()["weights"])
+        if weights.dim() == 1:  # global weights join the epoch's logged row (per-class ones are in the record)
+            stats.update({f"mix_weight_{name}": float(w) for name, w in
+                          zip(["teacher", *ctx.further_teachers], weights)})
+        return stats
 
     def finish(self, ctx: RunContext) -> dict[str, Any]:
         self.best.restore(self.model)
@@ -241,18 +290,43 @@ class DistillPhase(TrainingPhase):
                                   **self.frontier_log.state_dict(), "summary": self.frontier_log.summary()}
         if self.schedule is not None:
             record["teacher_schedule"] = self.schedule.record()
+        if self.mix is not None:
+            record["teacher_mix"] = self.mix_record(ctx)
         if self.noise is not None:
             record["teacher_noise"] = {"kind": "logit_gauss", "scale": ctx.cfg.method.teacher_noise_scale,
                                        "realised_std": float(self.noise.std()) if self.noise.numel() > 1 else 0.0,
                                        "realised_mean": float(self.noise.mean()), "entries": self.noise.numel()}
         return record
 
+    def mix_record(self, ctx: RunContext) -> dict[str, Any]:
+        """Which teachers were mixed how; learned weights after every epoch (and their plot); the mixture's own
+        metrics on the selection and first dev split (an ensemble at τ = 1 with label-free weights)."""
+        names = ["teacher", *ctx.further_teachers]
+        record: dict[str, Any] = {"mix": self.mix.name, "teachers": {n: ctx.sources.get(n, n) for n in names},
+                                  **self.mix.summary(), "history": self.mix.history}
+        if self.mix.learned:
+            record.update(estimator=ctx.cfg.method.mix_estimator, scope=self.mix.scope)
+            plot = weights_plot(ctx.out_dir / f"teacher_mix_{self.trains[0]}.png", self.mix, names)
+            if plot:
+                ctx.logger.image(f"teacher_mix_{self.trains[0]}", plot)
+        splits = dict.fromkeys(s for s in (ctx.selection_split, ctx.dev_names[0]) if s in ctx.splits
+                               and ctx.splits[s].labels is not None)
+        record["metrics"] = {s: ctx.metrics_from_logits(ctx.mixed_teacher_logits(s, owner=self.trains[0]), s)
+                             for s in splits}
+        return record
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "frontier": self.frontier_log.state_dict(),
-                **({"schedule": self.schedule.state_dict()} if self.schedule is not None else {})}
+                **({"schedule": self.schedule.state_dict()} if self.schedule is not None else {}),
+                **({"mix_history": self.mix.history} if self.mix is not None else {}),
+                **({"mix_opt": self.mix_opt.state_dict()} if self.mix_opt is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        if self.mix is not None:
+            self.mix.history = state["mix_history"]
+        if self.mix_opt is not None:
+            self.mix_opt.load_state_dict(state["mix_opt"])
         if "frontier" in state:
             self.frontier_log.load_state_dict(state["frontier"])
         if self.schedule is not None:
@@ -295,6 +369,6 @@ class KDBaselinePhase(DistillPhase):
     def row_agent(self, ctx: RunContext) -> nn.Module:
         return fresh_student(ctx, "kd")
 
-    def soft_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
-                     split: str = "train") -> Optional[torch.Tensor]:
+    def first_targets(self, ctx: RunContext, idx: torch.Tensor, choices: int,
+                      split: str = "train") -> Optional[torch.Tensor]:
         return self.out[split]["logits"][idx].to(ctx.rt.device) if self.alpha > 0 else None

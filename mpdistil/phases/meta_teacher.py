@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from mpdistil.config import ConfigError
 from mpdistil.context import RunContext
 from mpdistil.losses import META_LOSSES
+from mpdistil.mixing import mix_logits
 from mpdistil.phases import Row, TrainingPhase, accumulate, attach_pkd_projection, register_phase
 from mpdistil.pilot import PILOT_FIELDS, apply_gradient, cached_teacher_cls, check_pilot, pilot_gradient
 from mpdistil.training import predict
@@ -68,12 +69,21 @@ class MetaTeacherPhase(TrainingPhase):
         return out["pooled"] if ctx.cfg.method.meta_input == "pooled" else out["cls"]
 
     def _soft_targets(self, ctx: RunContext, h_train: torch.Tensor) -> Callable[[dict[str, Any]], torch.Tensor]:
-        """T''s soft targets for a train' batch, from the frozen teacher's cached representations (keeps T''s graph)."""
+        """T''s soft targets for a train' batch, from the frozen teacher's cached representations (keeps T''s graph);
+        with several teachers, mixed with the others' as phase 2 mixes them (T' in the first teacher's place)."""
         choices = ctx.splits["train"].num_choices
+        mix = ctx.mixture()
 
         def soft(batch: dict[str, Any]) -> torch.Tensor:
-            h = h_train[batch["index"].cpu()]
-            return self.mt(h.view(-1, h.shape[-1]).to(ctx.rt.device), "teacher", choices)
+            idx = batch["index"].cpu()
+            h = h_train[idx]
+            logits = self.mt(h.view(-1, h.shape[-1]).to(ctx.rt.device), "teacher", choices)
+            if mix is None:
+                return logits
+            stack = ctx.teacher_stack("train", idx, logits)
+            with torch.no_grad():
+                weights = mix.weights(stack.detach(), batch["labels"], "train", idx)
+            return mix_logits(stack, weights, ctx.task.kind, ctx.cfg.method.temperature)
 
         return soft
 

@@ -47,6 +47,9 @@ class MetaDistilPhase(TrainingPhase):
         check_distillation(cfg)
         m = cfg.method
         check_pilot(cfg, cls.used(cfg))
+        if cls.used(cfg) and len(cfg.teachers) > 1:
+            raise ConfigError(f"metadistil trains its own copy of one teacher; this run has {len(cfg.teachers)} "
+                              "(teachers=[...]): list one teacher, or use method=kd or mpdistil to distil a mixture")
         if cls.used(cfg) and cfg.data.transfer:
             raise ConfigError("data.transfer adds inputs to the distillation phases (distill, kd), not to metadistil's "
                               "pilot updates; set data.transfer=[] or use method=kd or mpdistil")

@@ -17,11 +17,11 @@ from typing import Iterator, Sequence
 
 from omegaconf import DictConfig
 
+from mpdistil.config import CONF_DIR as CONF
 from mpdistil.config import ConfigError, cache_root, register_configs, validate
 from mpdistil.context import TaskInfo
 from mpdistil.data.types import DataError
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 AUDIT_PHASES = ("teacher", "kd")  # phase 1, then a fresh student distilled from the frozen teacher
 
 
