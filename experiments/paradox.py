@@ -28,7 +28,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and mpdistil, also without `pip install -e .`
 
 from tablekit.grid import GRIDS, coverage_sources, factors, study_sweeps, sweep_runs  # noqa: E402
-from tablekit.launch import REPO, hydra_value, is_sweep, run_or_render, run_sweeps  # noqa: E402
+from tablekit.launch import REPO, hydra_value, is_sweep, render_folder, run_or_render, run_sweeps  # noqa: E402
 
 DEFAULT_TASKS = {"full": ["sentiment_movies", "cb", "rte"], "cpu": ["sentiment_movies"]}
 
@@ -182,8 +182,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             f"no run under {', '.join(map(str, inputs))} has teacher, undistilled and student scores; "
             "run the study with method=kd (paradox.py run does)"
         )
-    out = Path(args.out).expanduser().resolve() if args.out else inputs[0] if inputs[0].is_dir() else inputs[0].parent
-    out.mkdir(parents=True, exist_ok=True)
+    out = render_folder(args.out, inputs)
     corrs = correlations(records)
     means = level_means(records)
     plots = write_plots(records, corrs, out)

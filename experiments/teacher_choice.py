@@ -26,7 +26,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and mpdistil, also without `pip install -e .`
 
 from tablekit.choice import ARMS, AUDIT_OVERRIDES  # noqa: E402
-from tablekit.launch import Sweep, hydra_value, run_or_render, run_sweeps  # noqa: E402
+from tablekit.launch import Sweep, hydra_value, render_folder, run_or_render, run_sweeps  # noqa: E402
 
 DEFAULT_TASKS = ["cb", "copa", "sentiment_movies"]
 COMMON = ["method=kd", "experiment=cpu_heldout"]
@@ -87,8 +87,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     records, audits, notes = gather(inputs)
     if not records:
         raise fail(f"no finished run under {', '.join(map(str, inputs))} (expected <task>/<arm>/seed<N>/ folders)")
-    out = Path(args.out).expanduser().resolve() if args.out else inputs[0] if inputs[0].is_dir() else inputs[0].parent
-    out.mkdir(parents=True, exist_ok=True)
+    out = render_folder(args.out, inputs)
     (out / "choice.md").write_text(markdown(records, audits, notes))
     write_records(records, audits, out / "choice_records.json")
     print(f"{len(records)} run(s); wrote {out / 'choice.md'} and {out / 'choice_records.json'}")

@@ -11,17 +11,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification
 
 from mpdistil.config import ConfigError
 from mpdistil.losses import distillation_loss, hard_loss
 from mpdistil.mixing import LearnedMix, MeanMix, mix_logits
 from mpdistil.models.agent import Agent
-from mpdistil.models.loading import load_tokenizer, resolve_model_source
 from mpdistil.pilot import pilot_gradient
 from tests.conftest import FIXTURES
 from tests.helpers import make_cfg, run_cfg
-from tests.test_tokenizers import MINILM, fixture_texts, save_model
+from tests.test_tokenizers import save_model, two_tokenizers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,16 +32,8 @@ def cb() -> list[str]:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Two small pretrained-style teachers: MiniLM's tokenizer (width 32) and a WordPiece vocabulary of its own."""
-    from tokenizers import BertWordPieceTokenizer
-
     root = tmp_path_factory.mktemp("teachers")
-    trainer = BertWordPieceTokenizer(lowercase=False)
-    trainer.train_from_iterator(fixture_texts(), vocab_size=400, min_frequency=1,
-                                special_tokens=["[UNK]", "[CLS]", "[SEP]", "[MASK]", "[PAD]"])
-    (root / "vocab").mkdir()
-    trainer.save_model(str(root / "vocab"))
-    wordpiece = BertTokenizerFast.from_pretrained(str(root / "vocab"), do_lower_case=False)
-    minilm = load_tokenizer(resolve_model_source(MINILM)[0])
+    minilm, wordpiece = two_tokenizers(root)
     return {"minilm": save_model(root / "minilm", minilm, 32, 2, seed=1),
             "wordpiece": save_model(root / "wordpiece", wordpiece, 48, 2, seed=2)}
 

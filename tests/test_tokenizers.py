@@ -49,12 +49,10 @@ def save_model(folder: Path, tokenizer: Any, hidden: int, layers: int, seed: int
     return str(folder)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """``minilm32``: MiniLM's tokenizer, width 32; ``wordpiece48``: a tokenizer trained here, width 48."""
+def two_tokenizers(root: Path) -> tuple[Any, Any]:
+    """MiniLM's tokenizer, and a cased WordPiece tokenizer trained on the fixture texts (padding id 4)."""
     from tokenizers import BertWordPieceTokenizer
 
-    root = tmp_path_factory.mktemp("models")
     trainer = BertWordPieceTokenizer(lowercase=False)
     trainer.train_from_iterator(fixture_texts(), vocab_size=400, min_frequency=1,
                                 special_tokens=["[UNK]", "[CLS]", "[SEP]", "[MASK]", "[PAD]"])
@@ -63,6 +61,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     wordpiece = BertTokenizerFast.from_pretrained(str(root / "vocab"), do_lower_case=False)
     minilm = load_tokenizer(resolve_model_source(MINILM)[0])
     assert wordpiece.pad_token_id == 4 and minilm.pad_token_id == 0
+    return minilm, wordpiece
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """``minilm32``: MiniLM's tokenizer, width 32; ``wordpiece48``: a tokenizer trained here, width 48."""
+    root = tmp_path_factory.mktemp("models")
+    minilm, wordpiece = two_tokenizers(root)
     return {"minilm32": save_model(root / "minilm32", minilm, 32, 2, seed=1),
             "wordpiece48": save_model(root / "wordpiece48", wordpiece, 48, 4, seed=2)}
 

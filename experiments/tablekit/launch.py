@@ -169,3 +169,9 @@ def run_or_render(parser: argparse.ArgumentParser, argv: Sequence[str],
         parser.error("overrides after -- are only for `run`")
     return run(args, extra) if args.verb == "run" else render(args)
 
+
+def render_folder(out: str | None, inputs: Sequence[Path]) -> Path:
+    """Where a render writes: ``--out``, else the first input folder (or the folder of the first input file)."""
+    folder = Path(out).expanduser().resolve() if out else inputs[0] if inputs[0].is_dir() else inputs[0].parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
