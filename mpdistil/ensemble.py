@@ -30,13 +30,17 @@ def add_further_teachers(ctx: RunContext) -> None:
         ctx.agents[name] = agent.to(ctx.rt.device)
         ctx.sources[name] = label
         view: Optional[dict[str, EncodedSplit]] = None
+        reads = "the student's encoding (model.tokenizer)"
         if not cfg.model.tokenizer:
             tokenizer = load_tokenizer(resolve_model_source(spec.source, ctx.cache_dir)[0])
+            reads = "the student's encoding"
             if same_tokenizer(tokenizer, ctx.tokenizers["teacher"]) and ctx.teacher_view is not None:
-                view = ctx.teacher_view
+                view, reads = ctx.teacher_view, "the first teacher's encoding"
             elif not same_tokenizer(tokenizer, ctx.tokenizers["student"]):
                 view = {split: encode_view(tokenizer, data, cfg) for split, data in ctx.splits.items()}
+                reads = f"its own encoding ({tokenizer.name_or_path})"
         ctx.views[name] = view
+        ctx.sources[f"{name}_reads"] = reads  # results.json, under model
 
 
 def encode_view(tokenizer: Any, split: EncodedSplit, cfg: Any) -> EncodedSplit:

@@ -77,6 +77,7 @@ def test_every_mix_distils_from_teachers_with_different_tokenizers(mix, folders,
     assert fid["student_vs_teacher"]["dev"]["kl_teacher_student"] != fid["student_vs_teacher_2"]["dev"][
         "kl_teacher_student"]
     assert "wordpiece" in res["row_titles"]["teacher_2"]
+    assert res["model"]["teacher_2_reads"].startswith("its own encoding")
     record = res["phases"]["distill"]["teacher_mix"]
     assert record["mix"] == mix[0].split("=")[1] and set(record["teachers"]) == {"teacher", "teacher_2"}
     for key in ("student_vs_teacher", "student_vs_teacher_2", "student_vs_teacher_mix"):
