@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.helpers import REPO, custom_task, run_cfg
@@ -413,3 +414,31 @@ def test_confidence_against_out_of_domain_recovers_a_planted_relation() -> None:
     assert rho_gap == pytest.approx(1.0) and lo_gap > 0
     assert "falls with confidence" in study.confidence_table(study.confidence_ood(records))
 
+
+
+def test_crossed_cells_and_pooled_intervals_recover_a_planted_interaction() -> None:
+    """Depth × temperature crossed around a one-factor-at-a-time centre: the cells appear with their own means, and
+    the pooled paired interval of a cell whose student is right wherever the undistilled one is wrong excludes 0."""
+    from tablekit.bootstrap import SeedSample
+
+    gold = np.array([i % 2 for i in range(30)])
+
+    def sample(seed: int, right: int) -> dict:
+        student = np.where(np.arange(30) < right, gold, 1 - gold)
+        return {"undistilled": SeedSample(seed, gold, student, 1 - gold),
+                "teacher": SeedSample(seed, gold, student, gold)}
+
+    def at(gain: float, layers: str, temperature: str, seed: int, right: int = 15) -> dict:
+        p = point(gain, student_layers=layers, temperature=temperature)
+        return {**p, "seed": str(seed), "metric": "accuracy", "student": right / 30, study.SAMPLES: sample(seed, right)}
+
+    records = [at(1.0, "3", "5.0", s) for s in (1, 2, 3)] + [at(0.5, "3", "2.0", 1)] + \
+        [at(9.0, "1", "5.0", s, right=30) for s in (1, 2)] + [at(-3.0, "1", "2.0", 1)]
+    cells = {(m.factor, m.level): m for m in study.crossed_cells(records)}
+    name = "cb: student_layers × temperature"
+    assert set(cells) == {(name, f"{a} × {b}") for a in ("1", "3") for b in ("2.0", "5.0")}
+    deep = cells[("cb: student_layers × temperature", "1 × 5.0")]
+    assert deep.n == 2 and deep.gain == 9.0 and deep.gain_ci.lo == deep.gain_ci.hi == 100.0
+    half = cells[("cb: student_layers × temperature", "3 × 5.0")]
+    assert half.n == 3 and half.gain_ci.lo < 50.0 < half.gain_ci.hi
+    assert study.crossed_cells([r for r in records if r["student_layers"] == "3"]) == []

@@ -70,6 +70,7 @@ NUMBER_COLUMNS = (
     "ood_gap",
 )
 CSV_HEADER = [*TEXT_COLUMNS, *NUMBER_COLUMNS]
+SAMPLES = "_paired"  # a record's paired dev examples, read from its run folder (absent for a CSV's points)
 
 Record = dict[str, Any]
 
@@ -103,19 +104,24 @@ def levels(config: dict[str, Any], results: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def paired_vs_teacher(run: Run, row: str, split: str, metric: str) -> Paired | None:
-    """Student − teacher by the paired bootstrap over the run's dev examples; None without its predictions."""
+def paired_samples(run: Run, row: str, split: str) -> dict[str, SeedSample]:
+    """The run's dev examples paired for ``row`` − teacher and ``row`` − undistilled (keys "teacher",
+    "undistilled"); empty without its predictions."""
     doc = read_run_predictions(run.path)
     if doc is None:
-        return None
-    ours, theirs = from_run(doc, row, [split], ""), from_run(doc, "teacher", [split], "")
-    if ours is None or theirs is None:
-        return None
+        return {}
+    ours = from_run(doc, row, [split], "")
+    if ours is None:
+        return {}
     _, gold, a = ours.splits[split]
-    _, _, b = theirs.splits[split]
     dtype = np.float64 if ours.kind == "regression" else np.int64
-    sample = SeedSample(run.seed, np.asarray(gold, dtype), np.asarray(a, dtype), np.asarray(b, dtype))
-    return paired_bootstrap(metric, [sample], run.task, split)
+    out = {}
+    for other in ("teacher", "undistilled"):
+        theirs = from_run(doc, other, [split], "")
+        if theirs is not None:
+            out[other] = SeedSample(run.seed, np.asarray(gold, dtype), np.asarray(a, dtype),
+                                    np.asarray(theirs.splits[split][2], dtype))
+    return out
 
 
 def record(run: Run, run_id: str, row: str | None) -> tuple[Record | None, str]:
@@ -133,7 +139,8 @@ def record(run: Run, run_id: str, row: str | None) -> tuple[Record | None, str]:
     if missing:
         return None, f"no {', '.join(missing)} score on {split} (a method with teacher, undistilled and student rows)"
     fidelity = res.get("fidelity", {}).get(f"{row}_vs_teacher", {}).get(split, {})
-    paired = paired_vs_teacher(run, row, split, metric)
+    samples = paired_samples(run, row, split)
+    paired = paired_bootstrap(metric, [samples["teacher"]], run.task, split) if "teacher" in samples else None
     model = res.get("model", {})
     rec: Record = {
         "run": run_id,
@@ -154,6 +161,7 @@ def record(run: Run, run_id: str, row: str | None) -> tuple[Record | None, str]:
         **out_of_domain(res, row, metric),
         "student_params": _num(model.get("student_params")),
         "teacher_layers": _num(model.get("teacher_layers")),
+        SAMPLES: samples,  # not written to paradox.csv: the pooled intervals need the run folders
     }
     return rec, ""
 
@@ -337,6 +345,27 @@ class LevelMean:
     above_teacher: int
     agreement: float
     held: str  # how the other factors were treated (:func:`holding`)
+    gain_ci: Paired | None = None  # student − undistilled, pooled over the runs' seeds and examples
+    vs_teacher_ci: Paired | None = None
+    student: float = float("nan")  # mean student score
+
+
+def pooled(rows: Sequence[Record], other: str, stream: str) -> Paired | None:
+    """The paired bootstrap of student − ``other`` over every run's dev examples (the mean over runs of each run's
+    difference, resampled within each run); None when a run's predictions are not at hand."""
+    samples = [r.get(SAMPLES, {}).get(other) for r in rows]
+    if not rows or any(s is None for s in samples):
+        return None
+    return paired_bootstrap(rows[0]["metric"], samples, rows[0]["task"], stream)
+
+
+def summarise(rows: Sequence[Record], factor: str, level: str, how: str, stream: str) -> LevelMean:
+    gains = [r["gain"] for r in rows]
+    return LevelMean(factor, level, len(rows), statistics.fmean(gains),
+                     statistics.stdev(gains) if len(gains) > 1 else None,
+                     statistics.fmean(r["vs_teacher"] for r in rows), sum(r["vs_teacher"] > 0 for r in rows),
+                     _nanmean(r["agreement"] for r in rows), how, pooled(rows, "undistilled", f"gain/{stream}"),
+                     pooled(rows, "teacher", f"teacher/{stream}"), _nanmean(_num(r.get("student")) for r in rows))
 
 
 def holding(rows: Sequence[Record], centres: dict[str, str | None]) -> str:
@@ -367,20 +396,32 @@ def level_means(records: Sequence[Record]) -> list[LevelMean]:
                 continue
             for level in values:
                 at = [r for r in held if r[factor] == level]
-                gains = [r["gain"] for r in at]
-                out.append(
-                    LevelMean(
-                        f"{task}: {factor}",
-                        level,
-                        len(at),
-                        statistics.fmean(gains),
-                        statistics.stdev(gains) if len(gains) > 1 else None,
-                        statistics.fmean(r["vs_teacher"] for r in at),
-                        sum(r["vs_teacher"] > 0 for r in at),
-                        _nanmean(r["agreement"] for r in at),
-                        how,
-                    )
-                )
+                out.append(summarise(at, f"{task}: {factor}", level, how, f"{task}/{factor}/{level}"))
+    return out
+
+
+def crossed_cells(records: Sequence[Record]) -> list[LevelMean]:
+    """Per task, every pair of factors crossed in the grid (at least two levels of each, two by two, with the other
+    factors at their centre): each cell's means and pooled intervals. A one-factor-at-a-time grid with crossed
+    cells (e.g. depth × temperature) shows there whether one factor's effect depends on the other."""
+    out = []
+    for task in sorted({r["task"] for r in records}):
+        rows = [r for r in records if r["task"] == task]
+        centres = {f: _centre([r[f] for r in rows]) for f in FACTORS}
+        for i, f1 in enumerate(FACTORS):
+            for f2 in FACTORS[i + 1:]:
+                held = [r for r in rows if all(centres[f] is None or r[f] == centres[f]
+                                               for f in FACTORS if f not in (f1, f2))]
+                cells = {(r[f1], r[f2]) for r in held}
+                firsts = _level_order(a for a, _ in cells)
+                crossed = [a for a in firsts if len({b for x, b in cells if x == a}) >= 2]
+                if len(crossed) < 2:
+                    continue
+                for a in crossed:
+                    for b in _level_order(y for x, y in cells if x == a):
+                        at = [r for r in held if (r[f1], r[f2]) == (a, b)]
+                        out.append(summarise(at, f"{task}: {f1} × {f2}", f"{a} × {b}", "others at centre",
+                                             f"{task}/{f1}/{a}/{f2}/{b}"))
     return out
 
 
@@ -406,17 +447,22 @@ def correlation_table(corrs: Sequence[Correlation]) -> str:
     return "\n".join(lines)
 
 
+def _ci(p: Paired | None) -> str:
+    return "—" if p is None else f"[{p.lo:+.1f}, {p.hi:+.1f}]"
+
+
 def level_table(means: Sequence[LevelMean]) -> str:
     lines = [
-        "| factor | level | runs | mean gain | std | mean student − teacher | above teacher | "
-        "mean agreement | other factors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| factor | level | runs | student | mean gain | std | gain 95% | mean student − teacher | 95% | "
+        "above teacher | mean agreement | other factors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in means:
         std = "—" if m.gain_std is None else f"{m.gain_std:.2f}"
         lines.append(
-            f"| {m.factor} | {m.level} | {m.n} | {m.gain:+.2f} | {std} | {m.vs_teacher:+.2f} | "
-            f"{m.above_teacher}/{m.n} | {fmt(m.agreement, 3)} | {m.held} |"
+            f"| {m.factor} | {m.level} | {m.n} | {fmt(m.student, 1)} | {m.gain:+.2f} | {std} | {_ci(m.gain_ci)} | "
+            f"{m.vs_teacher:+.2f} | {_ci(m.vs_teacher_ci)} | {m.above_teacher}/{m.n} | {fmt(m.agreement, 3)} | "
+            f"{m.held} |"
         )
     return "\n".join(lines)
 
@@ -460,6 +506,7 @@ def markdown(
     plots: Sequence[str],
 ) -> str:
     table, above, beats = above_teacher_table(records)
+    cells = crossed_cells(records)
     md = [
         "# Generalisation vs fidelity",
         "",
@@ -473,7 +520,18 @@ def markdown(
         "",
         "## Mean gain per level of each grid factor",
         "",
+        "student: mean dev score of the studied student. The 95% intervals are paired bootstraps over each run's dev "
+        f"examples ({RESAMPLES} resamples), pooled over the level's runs (seeds); — where a point came from a CSV "
+        "without its run folder.",
+        "",
         level_table(means) if means else "(no factor has two levels among the runs)",
+        "",
+        "## Crossed cells",
+        "",
+        "Pairs of factors the grid crosses, the other factors at their centre: whether one factor's effect depends "
+        "on the other.",
+        "",
+        level_table(cells) if cells else "(the grid crosses no two factors)",
         "",
         "## Confidence and out-of-domain",
         "",
