@@ -9,7 +9,8 @@ its fidelity?
 with fidelity) over student depth, temperature, teacher label noise, teacher-labelled coverage, frontier
 filtering and student initialisation (``tablekit/grid.py``): ``full`` is the factorial, ``cpu`` one factor at
 a time around a centre point. ``render`` reads every results.json under the runs folders (and earlier
-paradox.csv files) and writes paradox.md, paradox.csv and the plots (``tablekit/study.py``).
+paradox.csv files with their paradox_predictions.json) and writes paradox.md, paradox.csv,
+paradox_predictions.json and the plots (``tablekit/study.py``).
 """
 
 from __future__ import annotations
@@ -166,7 +167,16 @@ def log_wandb(out: Path, plots: Sequence[str], csv_path: Path) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from tablekit.study import check_inputs, correlations, gather, level_means, markdown, write_csv
+    from tablekit.study import (
+        PREDICTIONS,
+        check_inputs,
+        correlations,
+        gather,
+        level_means,
+        markdown,
+        write_csv,
+        write_predictions,
+    )
     from tablekit.study_plots import write_plots
 
     inputs = [Path(p).expanduser().resolve() for p in args.inputs]
@@ -187,6 +197,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     means = level_means(records)
     plots = write_plots(records, corrs, out)
     write_csv(records, out / "paradox.csv")
+    write_predictions(records, out / PREDICTIONS)
     (out / "paradox.md").write_text(markdown(records, corrs, means, notes, plots))
     if args.wandb:
         log_wandb(out, plots, out / "paradox.csv")
@@ -206,7 +217,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--launcher", help="a hydra/launcher preset: joblib | submitit_slurm | ray")
     r.add_argument("--dry-run", action="store_true", help="print the run counts and commands only")
     d = sub.add_parser("render", help="tables, correlations and plots from finished runs")
-    d.add_argument("inputs", nargs="+", metavar="INPUT", help="a runs folder, or a paradox.csv an earlier render wrote")
+    d.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="a runs folder, or a paradox.csv (and its paradox_predictions.json) an earlier render wrote")
     d.add_argument("--out", help="output folder (default: the first runs folder)")
     d.add_argument("--row", help="the student row under study (default: each run's final student)")
     d.add_argument("--wandb", action="store_true", help="also log the plots and the runs table to W&B")

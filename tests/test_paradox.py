@@ -442,3 +442,25 @@ def test_crossed_cells_and_pooled_intervals_recover_a_planted_interaction() -> N
     half = cells[("cb: student_layers × temperature", "3 × 5.0")]
     assert half.n == 3 and half.gain_ci.lo < 50.0 < half.gain_ci.hi
     assert study.crossed_cells([r for r in records if r["student_layers"] == "3"]) == []
+
+
+def test_a_centre_with_crossed_sets_is_still_held_at_the_centre() -> None:
+    """Most runs at τ = 5 but crossed sets at other temperatures: depth is compared at τ = 5, not averaged."""
+    runs = [point(1.0, student_layers=d) for d in ("1", "2", "3", "6")] + [point(1.0), point(1.0)] + \
+        [point(5.0, student_layers=d, temperature=t) for d in ("1", "3") for t in ("1.0", "2.0")]
+    means = {(m.factor, m.level): m for m in study.level_means(runs)}
+    assert means[("cb: student_layers", "1")].n == 1 and means[("cb: student_layers", "1")].held == "others at centre"
+
+
+def test_a_render_from_its_csv_and_predictions_keeps_the_intervals(tmp_path: Path) -> None:
+    """paradox.csv with paradox_predictions.json, without the run folders: the same tables, intervals included."""
+    planted(tmp_path / "runs")
+    assert paradox.main(["render", str(tmp_path / "runs"), "--out", str(tmp_path / "first")]) == 0
+    first = tmp_path / "first"
+    assert paradox.main(["render", str(first / "paradox.csv"), str(first / "paradox_predictions.json"),
+                         "--out", str(tmp_path / "again")]) == 0
+    tables = [(d / "paradox.md").read_text().split("## Plots")[0] for d in (first, tmp_path / "again")]
+    assert tables[0] == tables[1] and "[+" in tables[0].split("## Mean gain")[1]
+    bare = tmp_path / "bare"
+    assert paradox.main(["render", str(first / "paradox.csv"), "--out", str(bare)]) == 0
+    assert "| — |" in (bare / "paradox.md").read_text().split("## Mean gain")[1]

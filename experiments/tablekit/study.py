@@ -18,6 +18,7 @@ Every point also goes to ``paradox.csv``, which a later render takes back as inp
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 import zlib
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .bootstrap import BOOTSTRAP_SEED, LEVEL, RESAMPLES, Paired, SeedSample, paired_bootstrap, score_metric
-from .predictions import from_run, read_run_predictions
+from .predictions import decode_classes, encode_classes, from_run, read_run_predictions
 from .scan import Run, scan_notes, scan_runs
 
 MIN_POINTS = 3
@@ -152,8 +153,9 @@ def record(run: Run, run_id: str, row: str | None) -> tuple[Record | None, str]:
         "metric": metric,
         **levels(run.config, res),
         **scores,
-        "gain": scores["student"] - scores["undistilled"],
-        "vs_teacher": scores["student"] - scores["teacher"],
+        # rounded so that equal scores give an exact 0 (a tie in every rank), as paradox.csv gives it back
+        "gain": round(scores["student"] - scores["undistilled"], 9),
+        "vs_teacher": round(scores["student"] - scores["teacher"], 9),
         "vs_teacher_lo": paired.lo if paired else float("nan"),
         "vs_teacher_hi": paired.hi if paired else float("nan"),
         **{k: _num(fidelity.get(k)) for k in FIDELITY_FIELDS},
@@ -187,13 +189,52 @@ def read_csv(path: Path) -> list[Record]:
         return [{k: (_num(v) if k in NUMBER_COLUMNS else v) for k, v in row.items()} for row in reader]
 
 
+PREDICTIONS = "paradox_predictions.json"
+PREDICTIONS_FORMAT = "mpdistil paradox predictions 1"
+
+
+def write_predictions(records: Sequence[Record], path: Path) -> None:
+    """Each run's paired dev predictions (student, undistilled, teacher, gold; classes one character each, as in
+    the tables' files), so a later render from paradox.csv keeps the pooled intervals without the run folders."""
+    runs = {}
+    for r in records:
+        samples = r.get(SAMPLES) or {}
+        if not samples:
+            continue
+        first = next(iter(samples.values()))
+        enc = (lambda a: [float(x) for x in a]) if first.gold.dtype.kind == "f" else encode_classes
+        runs[r["run"]] = {"seed": first.seed, "gold": enc(first.gold), "student": enc(first.a),
+                          **{other: enc(s.b) for other, s in samples.items()}}
+    path.write_text(json.dumps({"format": PREDICTIONS_FORMAT, "runs": runs}, separators=(",", ":")))
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, SeedSample]]:
+    """The paired samples of a ``paradox_predictions.json``, by run; SystemExit with one line for another file."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or doc.get("format") != PREDICTIONS_FORMAT:
+        raise SystemExit(f"error: {path} is not a {PREDICTIONS} written by `paradox.py render`")
+
+    def dec(v: Any) -> np.ndarray:
+        return np.asarray(decode_classes(v), np.int64) if isinstance(v, str) else np.asarray(v, np.float64)
+
+    return {run: {other: SeedSample(int(e["seed"]), dec(e["gold"]), dec(e["student"]), dec(e[other]))
+                  for other in ("teacher", "undistilled") if other in e} for run, e in doc["runs"].items()}
+
+
 def gather(inputs: Sequence[Path], row: str | None) -> tuple[list[Record], list[str]]:
-    """Every point under the inputs (runs folders and earlier paradox.csv files); a run found in a folder wins over
-    the same run in a CSV."""
+    """Every point under the inputs (runs folders, earlier paradox.csv files and their paradox_predictions.json);
+    a run found in a folder wins over the same run in a CSV."""
     from_runs: dict[str, Record] = {}
     from_csv: dict[str, Record] = {}
+    kept: dict[str, dict[str, SeedSample]] = {}
     notes: list[str] = []
     for path in inputs:
+        if path.is_file() and path.suffix == ".json":
+            kept.update(read_predictions(path))
+            continue
         if path.is_file():
             from_csv.update({r["run"]: r for r in read_csv(path)})
             continue
@@ -208,6 +249,9 @@ def gather(inputs: Sequence[Path], row: str | None) -> tuple[list[Record], list[
                 from_runs[run_id] = rec
         notes += scan_notes(scan, [], "")
         notes += [f"skipped {s}" for s in skipped]
+    for run, rec in from_csv.items():
+        if run in kept:
+            rec[SAMPLES] = kept[run]
     merged = {**from_csv, **from_runs}
     return [merged[k] for k in sorted(merged)], notes
 
@@ -216,10 +260,10 @@ def check_inputs(inputs: Sequence[Path]) -> None:
     """Refuse, in one line and before any work, an input that is neither a runs folder with results nor a CSV."""
     for path in inputs:
         if path.is_file():
-            if path.suffix != ".csv":
+            if path.suffix not in (".csv", ".json"):
                 raise SystemExit(
-                    f"error: {path} is neither a runs folder nor a paradox.csv; pass the folder the "
-                    "runs were written to"
+                    f"error: {path} is neither a runs folder nor a paradox.csv or {PREDICTIONS}; pass the folder "
+                    "the runs were written to"
                 )
         elif not path.is_dir():
             raise SystemExit(
@@ -328,10 +372,13 @@ def _level_order(values: Iterable[str]) -> list[str]:
 
 
 def _centre(values: Sequence[str]) -> str | None:
-    """The level more than ``CENTRE_SHARE`` of the runs share (a one-factor-at-a-time centre), else None: in a
-    factorial every level has its even share, also when a few runs failed."""
-    top = max(set(values), key=values.count)
-    return top if values.count(top) > CENTRE_SHARE * len(values) else None
+    """The level of a one-factor-at-a-time centre: the one more than ``CENTRE_SHARE`` of the runs share, or at least
+    twice as many as any other level (a centre with crossed sets around it); else None: in a factorial every level
+    has its even share, also when a few runs failed."""
+    counts = sorted((values.count(v), v) for v in set(values))
+    top_count, top = counts[-1]
+    second = counts[-2][0] if len(counts) > 1 else 0
+    return top if top_count > CENTRE_SHARE * len(values) or top_count >= 2 * second else None
 
 
 @dataclass(frozen=True)
@@ -494,7 +541,7 @@ def write_csv(records: Sequence[Record], path: Path) -> None:
         w.writerow(CSV_HEADER)
         for r in records:
             w.writerow(
-                [r[k] if k in TEXT_COLUMNS else ("" if not math.isfinite(r[k]) else f"{r[k]:.6g}") for k in CSV_HEADER]
+                [r[k] if k in TEXT_COLUMNS else ("" if not math.isfinite(r[k]) else f"{r[k]:.10g}") for k in CSV_HEADER]
             )
 
 
