@@ -89,14 +89,15 @@ def several(cfg: Any) -> bool:
 
 
 def check_teachers(cfg: Any) -> None:
-    """The list's first entry must be the model group's teacher; every entry must name a model. Cheap: reads the
-    presets and resolves the sources, loads nothing."""
+    """The list's first entry must be the model group's teacher (its preset's name, whatever the command line
+    overrides in it, or the same model); every entry must name a model. Cheap: reads the presets and resolves the
+    sources, loads nothing."""
     from mpdistil.models.loading import resolve_model_source
 
     if not cfg.teachers:
         return
     first, group = resolve_spec(str(cfg.teachers[0])), group_spec(cfg)
-    if not first.same_model(group):
+    if str(cfg.teachers[0]) != cfg.model.name and not first.same_model(group):
         raise ConfigError(f"teachers[0]={cfg.teachers[0]} is not the model group's teacher (model.teacher="
                           f"{cfg.model.teacher}): list it first (the student is cut from it; T' and PKD build on it), "
                           f"or pick the model group of the teacher you want first, e.g. model={cfg.teachers[0]}")
@@ -275,6 +276,8 @@ def learn_epoch(ctx: Any, mix: LearnedMix, opt: torch.optim.Optimizer, agent: st
             _, stats = pilot_gradient(ctx, [mix.theta], lambda b, picked=chosen: picked[id(b)], inner, [batch],
                                       teacher_cls, agent=agent)
             reward = -stats["outer_loss"]
+            if rt.world.active:  # the whole quiz batch's loss, so every process keeps the same baseline
+                reward = -rt.world.sum_floats({"loss": stats["outer_loss"] * rt.share(batch)})["loss"]
             if not bool(mix.baseline_set):
                 mix.baseline.fill_(reward)
                 mix.baseline_set.fill_(True)

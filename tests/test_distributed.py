@@ -144,3 +144,13 @@ def test_per_device_batch_size_sets_the_global_batch(tmp_path: Path) -> None:
 def test_a_sweep_under_torchrun_is_refused(tmp_path: Path) -> None:
     proc = launch(tmp_path / "run", tmp_path / "cache", "-m", "seed=1,2", check=False)
     assert proc.returncode != 0 and "one torchrun runs one job" in proc.stderr
+
+
+def test_learned_teacher_weights_stay_in_step_on_two_processes(tmp_path: Path) -> None:
+    """Several teachers, weights learned by REINFORCE on each rank's part of the batches: the reward is the whole
+    quiz batch's, so every rank keeps the same baseline and weights (the run checks them after each group)."""
+    launch(tmp_path / "run", tmp_path / "cache", "method=kd", "teachers=[tiny,tiny]", "method.teacher_mix=learned",
+           "method.mix_estimator=reinforce", "method.student_epochs=2")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["distributed"]["world_size"] == 2 and "teacher_2" in results["agents"]
+    assert len(results["phases"]["distill"]["teacher_mix"]["history"]) == 2

