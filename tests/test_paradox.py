@@ -267,10 +267,13 @@ def test_the_cpu_grid_lists_its_runs_and_overrides(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     # the centre, then depths 1, 2, 6; temperatures 1, 2, 10; two flip rates; two coverages; filtering; random init;
-    # crossed: the 1-layer student at temperatures 1, 2, 10, and filtering under both flip rates
-    assert "# grid cpu: 36 runs in 16 multiruns over 1 task(s)" in lines
+    # crossed: the 1-layer student at temperatures 1, 2, 10, filtering under both flip rates, and random init at
+    # depths 1, 2, 6
+    assert "# grid cpu: 42 runs in 19 multiruns over 1 task(s)" in lines
     commands = [shlex.split(ln) for ln in lines if not ln.startswith("#")]
-    assert len(commands) == 16
+    assert len(commands) == 19
+    assert {"model.student_layers=6", "model.student_init=random"} <= set.union(
+        *({o for o in cmd if o.startswith("model.")} for cmd in commands if "model.student_init=random" in cmd))
     crossed = {frozenset(o for o in cmd if o.startswith(("model.student_layers", "method.temperature")))
                for cmd in commands}
     assert frozenset({"model.student_layers=1", "method.temperature=2.0"}) in crossed
@@ -317,8 +320,8 @@ def test_the_full_grid_is_the_factorial() -> None:
     assert [len(f.levels) for f in facs] == [3, 4, 3, 3, 2, 2]  # depth 6 exceeds a 4-layer teacher
     assert len(design("full", facs)) == 3 * 4 * 3 * 3 * 2 * 2
     # one factor at a time, then the crossed cells: the 1-layer student at 3 more temperatures, the filter at 2
-    # flip rates
-    assert len(design("cpu", facs)) == 1 + 2 + 3 + 2 + 2 + 1 + 1 + 3 + 2
+    # flip rates, random init at the 2 other depths
+    assert len(design("cpu", facs)) == 1 + 2 + 3 + 2 + 2 + 1 + 1 + 3 + 2 + 2
 
 
 @pytest.mark.parametrize(
@@ -359,9 +362,9 @@ def test_the_benchmark_folder_goes_only_to_tasks_that_read_it(capsys: pytest.Cap
         assert (f"data_dir={fixtures}" in cmd) == ("task=cb" in cmd)
         if "task=cb" in cmd and "data.transfer_size=4x" in cmd:
             assert {"data.transfer=[augment]", "data.augment_multiplier=4"} <= set(cmd)
-    # a 4-layer teacher: student depths 1, 2 and 3 only (2, the tiny model's, is the centre); 17 design points per
-    # task, the filter off and on at each flip rate in one multirun
-    assert len(commands) == 2 * (1 + 2 + 3 + 2 + 2 + 1 + 1 + 3 + 2 - 2)
+    # a 4-layer teacher: student depths 1, 2 and 3 only (2, the tiny model's, is the centre); 19 design points per
+    # task (random init at depths 1 and 3 among them), the filter off and on at each flip rate in one multirun
+    assert len(commands) == 2 * (1 + 2 + 3 + 2 + 2 + 1 + 1 + 3 + 2 + 2 - 2)
     assert not any("model.student_layers=6" in cmd for cmd in commands)
 
 

@@ -27,8 +27,10 @@ COVERAGE = ("1x", "4x")
 FRONTIER = ("none", "student_prob")
 STUDENT_INIT = ("pretrained", "random")
 # Beyond one factor at a time, the cpu grid crosses these pairs (every level of the second factor at one level of
-# the first): does a high temperature collapse the smallest student, and does filtering help a noisy teacher?
-CPU_CROSSED = (("student_layers", "1", "temperature"), ("frontier", "student_prob", "teacher_noise"))
+# the first): does a high temperature collapse the smallest student, does filtering help a noisy teacher, and can a
+# student of any depth started from scratch do what one started from the teacher's layers does?
+CPU_CROSSED = (("student_layers", "1", "temperature"), ("frontier", "student_prob", "teacher_noise"),
+               ("student_init", "random", "student_layers"))
 # Held fixed by every run of the study: the distillation under study, and the filter's share when it is on.
 COMMON = ("method=kd", "method.frontier_keep=0.9", "method.frontier_warmup=1")
 
