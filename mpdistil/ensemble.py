@@ -5,6 +5,7 @@ reused). How their soft targets are mixed is :mod:`mpdistil.mixing`."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import OmegaConf, open_dict
@@ -37,18 +38,16 @@ def add_further_teachers(ctx: RunContext) -> None:
             if same_tokenizer(tokenizer, ctx.tokenizers["teacher"]) and ctx.teacher_view is not None:
                 view, reads = ctx.teacher_view, "the first teacher's encoding"
             elif not same_tokenizer(tokenizer, ctx.tokenizers["student"]):
-                view = {split: encode_view(tokenizer, data, cfg) for split, data in ctx.splits.items()}
+                view = {split: encode_view(tokenizer, data, cfg.task.max_length, ctx.cache_dir)
+                        for split, data in ctx.splits.items()}
                 reads = f"its own encoding ({tokenizer.name_or_path})"
         ctx.views[name] = view
         ctx.sources[f"{name}_reads"] = reads  # results.json, under model
 
 
-def encode_view(tokenizer: Any, split: EncodedSplit, cfg: Any) -> EncodedSplit:
-    """A further teacher's encoding of a split: the same examples in the same order."""
-    from mpdistil.config import cache_root
-
-    own = encode_examples(tokenizer, split.examples, split.task, split.name, split.kind, cfg.task.max_length,
-                          cache_root(cfg.cache_dir))
+def encode_view(tokenizer: Any, split: EncodedSplit, max_length: int, cache_dir: Path) -> EncodedSplit:
+    """A further teacher's encoding of a split: the same examples in the same order (cached like every split)."""
+    own = encode_examples(tokenizer, split.examples, split.task, split.name, split.kind, max_length, cache_dir)
     check_aligned(split, own)
     return own
 
