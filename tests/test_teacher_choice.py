@@ -40,9 +40,16 @@ def runs(tmp_path: Path) -> Path:
         fake_run(root / "cb" / "mpnet" / f"seed{seed}", seed, right=36 + seed // 3)
         fake_run(root / "cb" / "mix_mean" / f"seed{seed}", seed, right=20 + seed)
         fake_run(root / "cb" / "mix_learned" / f"seed{seed}", seed, right=21, weights=[0.25, 0.75])
+        fake_run(root / "cb" / "sre" / f"seed{seed}", seed, right=30)
     (root / "cb" / "schedule" / "seed1").mkdir(parents=True)  # unfinished
     (root / "cb" / "audit").mkdir()
-    (root / "cb" / "audit" / "audit.json").write_text(json.dumps({"ranking": {"order": ["mpnet_base", "minilm"]}}))
+    criteria = {"minilm": {"task": 0.8, "calibration": 0.2}, "mpnet_base": {"task": 0.9, "calibration": 0.05},
+                "minilm_sre": {"task": 0.7, "calibration": 0.1}}
+    (root / "cb" / "audit" / "audit.json").write_text(json.dumps({
+        "ranking": {"order": ["mpnet_base", "minilm_sre", "minilm"], "profile": "early"},
+        "profiles": {"late": {"order": ["minilm", "minilm_sre", "mpnet_base"]}},
+        "teachers": {n: {"criteria": c} for n, c in criteria.items()},
+        "criteria": {"task": {"higher_is_better": True}, "calibration": {"higher_is_better": False}}}))
     return root
 
 
@@ -61,7 +68,12 @@ def test_render_recovers_the_planted_differences_and_the_audits_call(runs, tmp_p
     assert float(mpnet[4]) == pytest.approx(100 * (36 + 1 / 3 - 22) / N, abs=0.05)
     assert table_row(md, "both teachers, mean")[7] == "tie" and table_row(md, "both teachers, mean")[4] == "+0.0"
     assert table_row(md, "both teachers, learned weights")[9] == "[0.25, 0.75]"
-    assert "Mean Kendall τ over 1 task(s): +1.00" in md and "mpnet_base > minilm" in md
+    assert "Mean Kendall τ over 1 task(s): +1.00" in md and "| mpnet_base > minilm_sre > minilm |" in md
+    # the students' order is mpnet > sre > minilm: the late profile reverses it, the task metric alone gets one
+    # pair of three wrong (minilm above sre), calibration alone none
+    assert table_row(md, "ranking (early)")[1:] == ["+1.00", "+1.00"]
+    assert table_row(md, "profile late")[1] == "-1.00" and table_row(md, "task alone")[1] == "+0.33"
+    assert table_row(md, "calibration alone")[1] == "+1.00"
     assert "cb/schedule/seed1: unfinished" in md
     again = render(str(out / "choice_records.json"), "--out", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
@@ -70,7 +82,8 @@ def test_render_recovers_the_planted_differences_and_the_audits_call(runs, tmp_p
 
 
 def test_reversed_audit_gives_negative_tau(runs, tmp_path):
-    (runs / "cb" / "audit" / "audit.json").write_text(json.dumps({"ranking": {"order": ["minilm", "mpnet_base"]}}))
+    (runs / "cb" / "audit" / "audit.json").write_text(json.dumps({"ranking": {"order": ["minilm", "minilm_sre",
+                                                                                         "mpnet_base"]}}))
     assert render(str(runs), "--out", str(tmp_path / "out")).returncode == 0
     assert "Mean Kendall τ over 1 task(s): -1.00" in (tmp_path / "out" / "choice.md").read_text()
 

@@ -114,8 +114,13 @@ def gather(inputs: Sequence[Path]) -> tuple[list[Record], dict[str, dict[str, An
             audit = task_dir / "audit" / "audit.json"
             if audit.is_file():
                 report = json.loads(audit.read_text())
-                audits[task_dir.name] = {"order": report["ranking"]["order"],
-                                         "scores": report["ranking"].get("scores", {})}
+                audits[task_dir.name] = {
+                    "order": report["ranking"]["order"], "profile": report["ranking"].get("profile"),
+                    "scores": report["ranking"].get("scores", {}),
+                    "profiles": {name: r["order"] for name, r in report.get("profiles", {}).items()},
+                    "criteria": {slug: t["criteria"] for slug, t in report.get("teachers", {}).items()
+                                 if "criteria" in t},
+                    "higher_is_better": {c: v["higher_is_better"] for c, v in report.get("criteria", {}).items()}}
             for arm in ARMS:
                 for run in sorted((task_dir / arm).glob("seed*")):
                     record = read_run(run, task_dir.name, arm)
@@ -147,9 +152,33 @@ def versus_baseline(records: Sequence[Record], task: str, arm: str) -> Paired | 
     return paired_bootstrap(metric, samples, task, f"choice-{arm}")
 
 
+def kendall_tau(predicted: dict[str, float], observed: dict[str, float]) -> float:
+    """Kendall τ over the pairs of names both hold (higher is better in each): +1 the same order, −1 reversed; a
+    pair tied in either counts 0."""
+    names = sorted(set(predicted) & set(observed))
+    pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
+    return float(np.mean([np.sign(predicted[x] - predicted[y]) * np.sign(observed[x] - observed[y])
+                          for x, y in pairs]))
+
+
+def predictors(audit: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """What of an audit can predict the students' order, each as candidate -> score (higher is better): the
+    ranking the audit printed, its ranking under each named profile, and each criterion on its own (all measured
+    on the selection split, or without data, never on dev)."""
+    out = {f"ranking ({audit.get('profile') or 'as run'})": {n: -i for i, n in enumerate(audit["order"])}}
+    for name, order in audit.get("profiles", {}).items():
+        out[f"profile {name}"] = {n: -i for i, n in enumerate(order)}
+    criteria = audit.get("criteria", {})
+    for criterion, higher in audit.get("higher_is_better", {}).items():
+        values = {n: c[criterion] for n, c in criteria.items() if c.get(criterion) is not None}
+        if len(values) == len(criteria) and values:
+            out[f"{criterion} alone"] = {n: v if higher else -v for n, v in values.items()}
+    return out
+
+
 def audit_agreement(records: Sequence[Record], audits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task with an audit: its order of the candidate teachers against the order of their students' mean
-    scores; Kendall τ over the candidate pairs (+1 the same order, −1 reversed; a tie in either counts 0)."""
+    """Per task with an audit: the order of the candidates' students by mean score, and Kendall τ between it and
+    each of the audit's predictors (:func:`predictors`)."""
     out = []
     for task, audit in sorted(audits.items()):
         means = {}
@@ -159,13 +188,11 @@ def audit_agreement(records: Sequence[Record], audits: dict[str, dict[str, Any]]
                 means[candidate] = statistics.mean(scores)
         if len(means) < 2:
             continue
-        names = sorted(means)
-        pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
-        rank = {n: audit["order"].index(n) for n in names}
-        concordance = [np.sign(rank[y] - rank[x]) * np.sign(means[x] - means[y]) for x, y in pairs]
+        taus = {name: kendall_tau(pred, means) for name, pred in predictors(audit).items()
+                if len(set(pred) & set(means)) >= 2}
         out.append({"task": task, "audit_order": [n for n in audit["order"] if n in means],
                     "student_order": sorted(means, key=lambda n: -means[n]),
-                    "kendall_tau": float(np.mean(concordance)), "student_means": means})
+                    "kendall_tau": next(iter(taus.values())), "taus": taus, "student_means": means})
     return out
 
 
@@ -215,6 +242,15 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
         for a in agreement:
             lines.append(f"| {a['task']} | {' > '.join(a['audit_order'])} | {' > '.join(a['student_order'])} | "
                          f"{a['kendall_tau']:+.2f} |")
+        names = list(dict.fromkeys(n for a in agreement for n in a["taus"]))
+        lines += ["", "Kendall τ of each of the audit's predictors (selection-split measurements, or none) with the "
+                  "students' order:", "", f"| predictor | {' | '.join(a['task'] for a in agreement)} | mean |",
+                  f"|---|{'---|' * (len(agreement) + 1)}"]
+        for name in names:
+            taus = [a["taus"].get(name) for a in agreement]
+            known = [t for t in taus if t is not None]
+            lines.append(f"| {name} | {' | '.join(fmt(t, 2, sign=True) for t in taus)} | "
+                         f"{fmt(float(np.mean(known)), 2, sign=True)} |")
         lines.append("")
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
