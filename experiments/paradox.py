@@ -29,7 +29,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and mpdistil, also without `pip install -e .`
 
 from tablekit.grid import GRIDS, coverage_sources, factors, study_sweeps, sweep_runs  # noqa: E402
-from tablekit.launch import REPO, hydra_value, is_sweep, render_folder, run_or_render, run_sweeps  # noqa: E402
+from tablekit.launch import REPO, add_sweep_options, hydra_value, is_sweep, render_folder, run_or_render, run_sweeps  # noqa: E402
 
 DEFAULT_TASKS = {"full": ["sentiment_movies", "cb", "rte"], "cpu": ["sentiment_movies"]}
 
@@ -211,11 +211,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="launch the grid's Hydra multiruns (overrides after --)")
     r.add_argument("--grid", default="cpu", help=f"{' | '.join(GRIDS)} (default: cpu)")
     r.add_argument("--tasks", nargs="+", help="default: sentiment_movies (cpu); sentiment_movies cb rte (full)")
-    r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    r.add_argument("--data-dir", help="folder with the official benchmark files (SuperGLUE's CB and RTE)")
-    r.add_argument("--runs-root", default="runs", help="runs go to <runs-root>/paradox/<grid>/<task>/ (default: runs)")
-    r.add_argument("--launcher", help="a hydra/launcher preset: joblib | submitit_slurm | ray")
-    r.add_argument("--dry-run", action="store_true", help="print the run counts and commands only")
+    add_sweep_options(r, "folder with the official benchmark files (SuperGLUE's CB and RTE)",
+                      "runs go to <runs-root>/paradox/<grid>/<task>/")
     d = sub.add_parser("render", help="tables, correlations and plots from finished runs")
     d.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="a runs folder, or a paradox.csv (and its paradox_predictions.json) an earlier render wrote")

@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))  # a script: paper_tables and tablekit sit beside 
 if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and the metrics come from mpdistil, also without `pip install -e .`
 
-from tablekit.launch import cmd_run, run_or_render  # noqa: E402
+from tablekit.launch import add_sweep_options, cmd_run, run_or_render  # noqa: E402
 from tablekit.render import cmd_render  # noqa: E402
 from tablekit.specs import ABLATIONS, TABLES  # noqa: E402
 
@@ -46,15 +46,12 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="launch the Hydra multiruns of a table (overrides after --)")
     r.add_argument("table", choices=kinds)
     r.add_argument("--tasks", nargs="+", help="default: every column of the table")
-    r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    r.add_argument("--data-dir", help="folder with the official benchmark files (default: the HF hub)")
-    r.add_argument("--runs-root", default="runs", help="sweeps go to <runs-root>/<table>/<sweep>/ (default: runs)")
-    r.add_argument("--launcher", help="a hydra/launcher preset: joblib | submitit_slurm | ray")
+    add_sweep_options(r, "folder with the official benchmark files (default: the HF hub)",
+                      "sweeps go to <runs-root>/<table>/<sweep>/")
     r.add_argument("--base", default="cpu_repro", help="ablation only: the experiment preset the settings modify")
     r.add_argument("--settings", nargs="+", help=f"ablation only (default: all): {', '.join(ABLATIONS)}")
     r.add_argument("--only", choices=["kd", "mpdistil"],
                    help="tables only: run just this sweep per task, e.g. to finish a table whose other sweep exists")
-    r.add_argument("--dry-run", action="store_true", help="print the commands only")
     d = sub.add_parser("render", help="rebuild a table from the results.json files under runs folders")
     d.add_argument("table", choices=kinds)
     d.add_argument("inputs", nargs="+", metavar="INPUT",

@@ -30,7 +30,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and mpdistil, also without `pip install -e .`
 
 from tablekit.choice import ARMS, AUDIT_OVERRIDES  # noqa: E402
-from tablekit.launch import Sweep, hydra_value, render_folder, run_or_render, run_sweeps  # noqa: E402
+from tablekit.launch import Sweep, add_sweep_options, hydra_value, render_folder, run_or_render, run_sweeps  # noqa: E402
 
 DEFAULT_TASKS = ["cb", "copa", "sentiment_movies"]
 COMMON = ["method=kd", "experiment=cpu_heldout"]
@@ -132,13 +132,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="launch every arm's multirun and the audits (overrides after --)")
     r.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
-    r.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     r.add_argument("--arms", nargs="+", default=list(ARMS), help=f"some of: {' '.join(ARMS)} (default: all)")
-    r.add_argument("--data-dir", help="folder with the official SuperGLUE files")
-    r.add_argument("--runs-root", default="runs", help="runs go to <runs-root>/teacher_choice/<task>/<arm>/")
-    r.add_argument("--launcher", help="a hydra/launcher preset: joblib | submitit_slurm | ray")
     r.add_argument("--no-audit", action="store_true", help="leave out the teacher audits")
-    r.add_argument("--dry-run", action="store_true", help="print the commands only")
+    add_sweep_options(r, "folder with the official SuperGLUE files",
+                      "runs go to <runs-root>/teacher_choice/<task>/<arm>/")
     d = sub.add_parser("render", help="the table from finished runs (and earlier choice_records.json files)")
     d.add_argument("inputs", nargs="+", metavar="INPUT")
     d.add_argument("--out", help="output folder (default: the first runs folder)")

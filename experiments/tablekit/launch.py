@@ -150,6 +150,15 @@ def run_sweeps(sweeps: Sequence[Sweep], out_dir: Path, label: str, render: str, 
     return 1 if failed else 0
 
 
+def add_sweep_options(run: argparse.ArgumentParser, data_dir_help: str, runs_root_help: str) -> None:
+    """The options every experiment script's ``run`` shares: seeds, data, where runs go, launcher, dry run."""
+    run.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    run.add_argument("--data-dir", help=data_dir_help)
+    run.add_argument("--runs-root", default="runs", help=f"{runs_root_help} (default: runs)")
+    run.add_argument("--launcher", help="a hydra/launcher preset: joblib | submitit_slurm | ray")
+    run.add_argument("--dry-run", action="store_true", help="print the commands only")
+
+
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """A script's own arguments and the Hydra overrides after ``--`` (which only ``run`` passes on)."""
     argv = list(argv)
