@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -61,7 +61,9 @@ class RunContext:
     row_phase: dict[str, str] = field(default_factory=dict)  # row -> the phase that produced it
     predictions: dict[str, dict[str, list]] = field(default_factory=dict)  # row -> dev split -> per-example
     lineage: dict[str, str] = field(default_factory=dict)  # agent -> identity of the group that last trained it
-    data_hash: str = ""  # content of the splits agents are trained and selected on
+    # content of the splits agents are trained and selected on, by the encodings a group reads: "teacher",
+    # "student" or "both" (all three equal when teacher and student read one encoding)
+    data_hashes: dict[str, str] = field(default_factory=dict)
     transfer_hash: str = ""  # content of the transfer split ("" without one): only the phases reading it depend on it
     timings: dict[str, float] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)  # per timed label, filled when trainer.count_flops is on
@@ -89,6 +91,14 @@ class RunContext:
         if view == "teacher":
             return self.teacher_splits
         return self.views.get(view) or self.splits
+
+    def data_hash(self, agents: Iterable[str]) -> str:
+        """The data identity of a group that trains or reads ``agents``: the teacher's encoding alone for the
+        teacher (so one fine-tuned teacher serves students of any tokenizer), the student's alone for agents that
+        never see the teacher, both otherwise."""
+        names = set(agents)
+        kind = "both" if "teacher" in names and names - {"teacher"} else "teacher" if "teacher" in names else "student"
+        return self.data_hashes[kind]
 
     @property
     def further_teachers(self) -> list[str]:
@@ -229,6 +239,7 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path, world: Op
     from omegaconf import OmegaConf
 
     from mpdistil.atomic import write_json
+    from mpdistil.data.prepare import encoding_hashes
     from mpdistil.loggers import build_logger
     from mpdistil.models.agent import build_agents, check_pkd_widths, enable_gradient_checkpointing
     from mpdistil.training import resolve_device
@@ -258,7 +269,7 @@ def build_context(cfg: Any, data: Any, out_dir: Path, cache_dir: Path, world: Op
         from mpdistil.ensemble import add_further_teachers
 
         add_further_teachers(ctx)
-    ctx.data_hash = data.training_hash(ctx.selection_split)
+    ctx.data_hashes = encoding_hashes(ctx.splits, ctx.teacher_view, ctx.selection_split)
     ctx.transfer_hash = data.transfer_hash()
     return ctx
 
@@ -305,3 +316,4 @@ class _Timer:
         ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - self.start
         if ctx.flop_counter is not None:
             ctx.flops[name] = ctx.flops.get(name, 0) + ctx.flop_counter.get_total_flops() - self.flops
+

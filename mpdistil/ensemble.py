@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 
 from mpdistil.context import RunContext
 from mpdistil.data.encode import EncodedSplit, encode_examples
-from mpdistil.data.prepare import check_aligned, training_hash
+from mpdistil.data.prepare import check_aligned, encoding_hashes
 from mpdistil.loggers import Logger
 from mpdistil.mixing import TeacherSpec, teacher_names, teacher_specs
 
@@ -66,7 +66,7 @@ def teacher_context(ctx: RunContext, name: str, spec: TeacherSpec) -> RunContext
     sub = dataclasses.replace(ctx, cfg=cfg, teacher=ctx.agents[name], teacher_view=view, agents={}, records={},
                               rows={}, row_phase={}, predictions={}, lineage={}, teacher_outputs={}, optimizers={},
                               views={name: view}, logger=Logger())
-    sub.data_hash = training_hash(ctx.splits, view, ctx.selection_split)
+    sub.data_hashes = encoding_hashes(ctx.splits, view, ctx.selection_split)
     return sub
 
 

@@ -31,7 +31,7 @@ def group_identity(ctx: RunContext, phases: list[Phase], index: int) -> dict[str
         # it reads the mixture of the teachers: which they are, how they are mixed, and how each was trained
         fields += MIX_FIELDS
         upstream.update({name: ctx.lineage.get(name, "initial") for name in ctx.further_teachers})
-    data = ctx.data_hash
+    data = ctx.data_hash(a for p in phases for a in (*p.trains, *p.reads))
     if ctx.transfer_hash and any(p.reads_transfer for p in phases):
         data = fingerprint([data, ctx.transfer_hash])
     return identity(f"group {index}: {'+'.join(p.name for p in phases)}",

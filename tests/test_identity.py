@@ -74,7 +74,8 @@ def _other(value: Any, kind: Any, key: str) -> Any:
 
 def identities(cfg: Any) -> list[str]:
     """The fingerprint of every cached group of a method, computed as a run chains them."""
-    ctx = SimpleNamespace(cfg=cfg, lineage={}, data_hash="data", transfer_hash="", rt=SimpleNamespace(world=World()),
+    ctx = SimpleNamespace(cfg=cfg, lineage={}, data_hash=lambda agents: "data", transfer_hash="",
+                          rt=SimpleNamespace(world=World()),
                           further_teachers=[f"teacher_{k}" for k in range(2, len(cfg.teachers) + 1)])
     out = []
     for index, names in enumerate(phase_groups(cfg)):

@@ -257,3 +257,16 @@ def test_word_level_attributions_of_a_model_with_itself_agree_and_a_slow_tokeniz
     skipped = paired_attributions(model, model, split, copy, [0], torch.device("cpu"), "gxi", 4, 3,
                                   (tok, NoOffsets()), 64)
     assert set(skipped) == {"attr_skipped"} and "character offsets" in skipped["attr_skipped"]
+
+
+def test_a_fine_tuned_teacher_serves_students_of_any_tokenizer(kd_run, models, tmp_path):
+    """The teacher's cache entry depends on its own encoding only: the kd run's teacher (student with another
+    tokenizer) is reused by a run whose student is cut from that teacher and reads its encoding; the student's
+    entries are not shared, since that student differs."""
+    again = run_cfg(tmp_path, "method=kd", *cb(), f"model.teacher={models['minilm32']}", "model.random_init=false",
+                    "model.student_layers=1", "model.config_overrides={}", cache_dir=kd_run["out"] / "cache")
+    first = kd_run["results"]["phases"]
+    assert again["phases"]["teacher"]["cached"] is True
+    assert again["phases"]["teacher"]["cache"] == first["teacher"]["cache"]
+    assert again["phases"]["undistilled"]["cached"] is False
+    assert again["agents"]["teacher"] == kd_run["results"]["agents"]["teacher"]

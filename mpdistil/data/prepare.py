@@ -57,11 +57,6 @@ class RunData:
                  **{f"teacher/ood/{k}": v for k, v in (self.teacher_ood or {}).items()}}
         return fingerprint({name: split_fingerprint(split) for name, split in sorted(every.items())})
 
-    def training_hash(self, selection: Optional[str]) -> str:
-        """Content of the splits that agents are trained and selected on (part of every cached agent's identity),
-        in both encodings when teacher and student read different ones."""
-        return training_hash(self.splits, self.teacher_splits, selection)
-
     def transfer_hash(self) -> str:
         """Content of the transfer split (both encodings), part of the identity of the phases that read it; empty
         without one, so runs without a transfer set keep their caches."""
@@ -78,6 +73,15 @@ def training_hash(splits: dict[str, EncodedSplit], teacher_splits: Optional[dict
     if teacher_splits is not None:
         parts.update({f"teacher/{name}": split_fingerprint(teacher_splits[name]) for name in names})
     return fingerprint(parts)
+
+
+def encoding_hashes(splits: dict[str, EncodedSplit], teacher_view: Optional[dict[str, EncodedSplit]],
+                    selection: Optional[str]) -> dict[str, str]:
+    """The data identities of the groups (``RunContext.data_hashes``) from the student's splits and the teacher's
+    encoding of them (None: the same encoding)."""
+    return {"both": training_hash(splits, teacher_view, selection),
+            "student": training_hash(splits, None, selection),
+            "teacher": training_hash(teacher_view if teacher_view is not None else splits, None, selection)}
 
 
 def run_tokenizers(cfg: Any) -> tuple[Any, Any]:
