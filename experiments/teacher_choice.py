@@ -132,7 +132,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="launch every arm's multirun and the audits (overrides after --)")
     r.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
-    r.add_argument("--arms", nargs="+", default=list(ARMS), help=f"some of: {' '.join(ARMS)} (default: all)")
+    r.add_argument("--arms", nargs="*", default=list(ARMS),
+                   help=f"some of: {' '.join(ARMS)} (default: all; `--arms` alone: the audits only)")
     r.add_argument("--no-audit", action="store_true", help="leave out the teacher audits")
     add_sweep_options(r, "folder with the official SuperGLUE files",
                       "runs go to <runs-root>/teacher_choice/<task>/<arm>/")

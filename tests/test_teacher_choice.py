@@ -112,6 +112,10 @@ def test_run_can_plan_some_arms_and_refuses_unknown_ones(tmp_path):
     done = plan("sre")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("# 1 commands: 3 runs") and "cb/sre" in done.stdout
+    audit_only = subprocess.run([sys.executable, str(SCRIPT), "run", "--tasks", "cb", "--arms", "--data-dir",
+                                 str(REPO / "tests" / "fixtures" / "superglue"), "--dry-run"],
+                                capture_output=True, text=True, cwd=REPO)
+    assert audit_only.stdout.splitlines()[0] == "# 1 commands: 0 runs over 1 task(s) and 3 seed(s), and 1 audit(s)"
     refused = plan("sre", "mpnet_6")
     assert refused.returncode != 0 and "arms ['mpnet_6']: choose from minilm, mpnet, sre" in refused.stderr
 
