@@ -71,7 +71,8 @@ def test_render_recovers_the_planted_differences_and_the_audits_call(runs, tmp_p
     assert "Mean Kendall τ over 1 task(s): +1.00" in md and "| mpnet_base > minilm_sre > minilm |" in md
     # the students' order is mpnet > sre > minilm: the late profile reverses it, the task metric alone gets one
     # pair of three wrong (minilm above sre), calibration alone none
-    assert table_row(md, "ranking (early)")[1:] == ["+1.00", "+1.00"]
+    assert table_row(md, "ranking (early)")[1:] == ["+1.00", "+1.00", "+1.00", "+1.00"]
+    assert table_row(md, "cb")[4:] == ["3/3", "+1.00"]  # every pair of students told apart by its interval
     assert table_row(md, "profile late")[1] == "-1.00" and table_row(md, "task alone")[1] == "+0.33"
     assert table_row(md, "calibration alone")[1] == "+1.00"
     assert "cb/schedule/seed1: unfinished" in md
@@ -86,6 +87,18 @@ def test_reversed_audit_gives_negative_tau(runs, tmp_path):
                                                                                          "mpnet_base"]}}))
     assert render(str(runs), "--out", str(tmp_path / "out")).returncode == 0
     assert "Mean Kendall τ over 1 task(s): -1.00" in (tmp_path / "out" / "choice.md").read_text()
+
+
+def test_students_that_cannot_be_told_apart_give_no_resolved_order(runs, tmp_path):
+    """sre's student one example behind mpnet's on one seed only: ordered by means, a tie by its interval."""
+    for seed in (1, 2, 3):
+        for arm, right in (("sre", 36 + seed // 3), ("mpnet", 36 + (seed == 1) + seed // 3)):
+            folder = runs / "cb" / arm / f"seed{seed}"
+            __import__("shutil").rmtree(folder)
+            fake_run(folder, seed, right=right)
+    assert render(str(runs), "--out", str(tmp_path / "out")).returncode == 0
+    md = (tmp_path / "out" / "choice.md").read_text()
+    assert table_row(md, "cb")[3:] == ["+1.00", "2/3", "+0.67"]
 
 
 def test_run_plans_every_arm_and_the_audit(tmp_path):

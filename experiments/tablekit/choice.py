@@ -132,10 +132,10 @@ def gather(inputs: Sequence[Path]) -> tuple[list[Record], dict[str, dict[str, An
     return sorted(records.values(), key=lambda r: (r.task, list(ARMS).index(r.arm), r.seed)), audits, notes
 
 
-def versus_baseline(records: Sequence[Record], task: str, arm: str) -> Paired | None:
-    """arm − baseline arm on the student's dev metric, paired over the seeds both have and their common examples."""
+def versus(records: Sequence[Record], task: str, arm: str, other: str = BASELINE) -> Paired | None:
+    """arm − other arm on the student's dev metric, paired over the seeds both have and their common examples."""
     mine = {r.seed: r for r in records if r.task == task and r.arm == arm}
-    base = {r.seed: r for r in records if r.task == task and r.arm == BASELINE}
+    base = {r.seed: r for r in records if r.task == task and r.arm == other}
     samples = []
     for seed in sorted(set(mine) & set(base)):
         a, b = mine[seed], base[seed]
@@ -149,16 +149,14 @@ def versus_baseline(records: Sequence[Record], task: str, arm: str) -> Paired | 
     if not samples:
         return None
     metric = next(r.metric for r in mine.values())
-    return paired_bootstrap(metric, samples, task, f"choice-{arm}")
+    return paired_bootstrap(metric, samples, task, f"choice-{arm}" + ("" if other == BASELINE else f"-{other}"))
 
 
-def kendall_tau(predicted: dict[str, float], observed: dict[str, float]) -> float:
-    """Kendall τ over the pairs of names both hold (higher is better in each): +1 the same order, −1 reversed; a
-    pair tied in either counts 0."""
-    names = sorted(set(predicted) & set(observed))
-    pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
-    return float(np.mean([np.sign(predicted[x] - predicted[y]) * np.sign(observed[x] - observed[y])
-                          for x, y in pairs]))
+def kendall_tau(predicted: dict[str, float], observed: dict[tuple[str, str], float]) -> float:
+    """Kendall τ over the pairs (x, y) of ``observed`` (its value: the sign of x − y, 0 for a tie) whose names
+    ``predicted`` holds (higher is better): +1 the same order, −1 reversed; a pair tied in either counts 0."""
+    pairs = [(x, y) for x, y in observed if x in predicted and y in predicted]
+    return float(np.mean([np.sign(predicted[x] - predicted[y]) * observed[x, y] for x, y in pairs]))
 
 
 def predictors(audit: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -167,6 +165,8 @@ def predictors(audit: dict[str, Any]) -> dict[str, dict[str, float]]:
     on the selection split, or without data, never on dev)."""
     out = {f"ranking ({audit.get('profile') or 'as run'})": {n: -i for i, n in enumerate(audit["order"])}}
     for name, order in audit.get("profiles", {}).items():
+        if name == audit.get("profile"):
+            continue
         out[f"profile {name}"] = {n: -i for i, n in enumerate(order)}
     criteria = audit.get("criteria", {})
     for criterion, higher in audit.get("higher_is_better", {}).items():
@@ -177,8 +177,9 @@ def predictors(audit: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def audit_agreement(records: Sequence[Record], audits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task with an audit: the order of the candidates' students by mean score, and Kendall τ between it and
-    each of the audit's predictors (:func:`predictors`)."""
+    """Per task with an audit: the order of the candidates' students by mean score, and Kendall τ between each of
+    the audit's predictors (:func:`predictors`) and that order (``taus``), and the order kept only where the
+    students' paired 95% interval excludes zero, the other pairs counting as ties (``resolved_taus``)."""
     out = []
     for task, audit in sorted(audits.items()):
         means = {}
@@ -188,11 +189,22 @@ def audit_agreement(records: Sequence[Record], audits: dict[str, dict[str, Any]]
                 means[candidate] = statistics.mean(scores)
         if len(means) < 2:
             continue
-        taus = {name: kendall_tau(pred, means) for name, pred in predictors(audit).items()
-                if len(set(pred) & set(means)) >= 2}
+        arm_of = {candidate: arm for arm, candidate in AUDITED.items()}
+        names = sorted(means)
+        by_mean, resolved = {}, {}
+        for i, x in enumerate(names):
+            for y in names[i + 1:]:
+                by_mean[x, y] = float(np.sign(means[x] - means[y]))
+                paired = versus(records, task, arm_of[x], arm_of[y])
+                resolved[x, y] = 0.0 if paired is None else 1.0 if paired.above else -1.0 if paired.below else 0.0
+        found = {name: pred for name, pred in predictors(audit).items() if len(set(pred) & set(means)) >= 2}
+        taus = {name: kendall_tau(pred, by_mean) for name, pred in found.items()}
         out.append({"task": task, "audit_order": [n for n in audit["order"] if n in means],
                     "student_order": sorted(means, key=lambda n: -means[n]),
-                    "kendall_tau": next(iter(taus.values())), "taus": taus, "student_means": means})
+                    "kendall_tau": next(iter(taus.values())), "taus": taus,
+                    "resolved_taus": {name: kendall_tau(pred, resolved) for name, pred in found.items()},
+                    "resolved_pairs": f"{sum(v != 0 for v in resolved.values())}/{len(resolved)}",
+                    "student_means": means})
     return out
 
 
@@ -218,7 +230,7 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
             scores = [r.score for r in rows]
             teachers = {n: statistics.mean(r.teachers[n] for r in rows if n in r.teachers)
                         for n in sorted({n for r in rows for n in r.teachers})}
-            paired = versus_baseline(records, task, arm) if arm != BASELINE else None
+            paired = versus(records, task, arm) if arm != BASELINE else None
             verdict = "" if paired is None else "better" if paired.above else "worse" if paired.below else "tie"
             agree = [r.agreement for r in rows if r.agreement is not None]
             weights = [r.weights for r in rows if r.weights is not None]
@@ -237,20 +249,29 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
         lines += ["## Did the audit predict the better teacher?", "",
                   "The audit's ranking of the candidate teachers (each with the same student) against the order of "
                   "the mean scores of the students distilled from them. "
-                  f"Mean Kendall τ over {len(taus)} task(s): {np.mean(taus):+.2f}.", "",
-                  "| task | audit's order | students' order | Kendall τ |", "|---|---|---|---|"]
+                  f"Mean Kendall τ over {len(taus)} task(s): {np.mean(taus):+.2f}. Resolved pairs: the pairs of "
+                  "students whose paired 95% interval (seeds and dev examples) excludes zero; τ (resolved) counts "
+                  "the other pairs as ties, so it is 0 when no two students can be told apart.", "",
+                  "| task | audit's order | students' order | Kendall τ | resolved pairs | τ (resolved) |",
+                  "|---|---|---|---|---|---|"]
         for a in agreement:
+            first = next(iter(a["resolved_taus"].values()))
             lines.append(f"| {a['task']} | {' > '.join(a['audit_order'])} | {' > '.join(a['student_order'])} | "
-                         f"{a['kendall_tau']:+.2f} |")
+                         f"{a['kendall_tau']:+.2f} | {a['resolved_pairs']} | {first:+.2f} |")
         names = list(dict.fromkeys(n for a in agreement for n in a["taus"]))
+        tasks = " | ".join(f"{a['task']} | {a['task']} (resolved)" for a in agreement)
         lines += ["", "Kendall τ of each of the audit's predictors (selection-split measurements, or none) with the "
-                  "students' order:", "", f"| predictor | {' | '.join(a['task'] for a in agreement)} | mean |",
-                  f"|---|{'---|' * (len(agreement) + 1)}"]
+                  "students' order, by means and resolved:", "", f"| predictor | {tasks} | mean | mean (resolved) |",
+                  f"|---|{'---|' * (2 * len(agreement) + 2)}"]
         for name in names:
-            taus = [a["taus"].get(name) for a in agreement]
-            known = [t for t in taus if t is not None]
-            lines.append(f"| {name} | {' | '.join(fmt(t, 2, sign=True) for t in taus)} | "
-                         f"{fmt(float(np.mean(known)), 2, sign=True)} |")
+            cells, by_mean, resolved = [], [], []
+            for a in agreement:
+                t, r = a["taus"].get(name), a["resolved_taus"].get(name)
+                cells += [fmt(t, 2, sign=True), fmt(r, 2, sign=True)]
+                by_mean += [t] if t is not None else []
+                resolved += [r] if r is not None else []
+            lines.append(f"| {name} | {' | '.join(cells)} | {fmt(float(np.mean(by_mean)), 2, sign=True)} | "
+                         f"{fmt(float(np.mean(resolved)), 2, sign=True)} |")
         lines.append("")
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
