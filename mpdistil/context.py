@@ -316,4 +316,3 @@ class _Timer:
         ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - self.start
         if ctx.flop_counter is not None:
             ctx.flops[name] = ctx.flops.get(name, 0) + ctx.flop_counter.get_total_flops() - self.flops
-
