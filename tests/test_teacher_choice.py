@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ def fake_run(folder: Path, seed: int, right: int, teacher: float = 0.8, weights:
                "phases": {"distill": {"teacher_mix": {"weights": weights}} if weights else {}}}
     (folder / "results.json").write_text(json.dumps(results))
     (folder / "predictions.json").write_text(json.dumps({
-        "splits": {"dev": {"uids": list(range(N)), "labels": gold}}, "rows": {"student": {"dev": student}}}))
+        "splits": {"dev": {"uids": list(range(N)), "labels": gold}}, "rows": {"student": {"dev": student}},
+        "train_label_counts": {"0": 12, "1": 30}}))  # the majority class 1 is right on half the dev examples
 
 
 def render(*args: str) -> subprocess.CompletedProcess:
@@ -76,6 +78,7 @@ def test_render_recovers_the_planted_differences_and_the_audits_call(runs, tmp_p
     assert table_row(md, "profile late")[1] == "-1.00" and table_row(md, "task alone")[1] == "+0.33"
     assert table_row(md, "calibration alone")[1] == "+1.00"
     assert "cb/schedule/seed1: unfinished" in md
+    assert table_row(md, "majority class (train)")[1:4] == ["3", "—", "50.0"] and "°" not in mpnet[3]
     again = render(str(out / "choice_records.json"), "--out", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again" / "choice.md").read_text().split("## Notes")[0].rstrip() == \
@@ -94,7 +97,7 @@ def test_students_that_cannot_be_told_apart_give_no_resolved_order(runs, tmp_pat
     for seed in (1, 2, 3):
         for arm, right in (("sre", 36 + seed // 3), ("mpnet", 36 + (seed == 1) + seed // 3)):
             folder = runs / "cb" / arm / f"seed{seed}"
-            __import__("shutil").rmtree(folder)
+            shutil.rmtree(folder)
             fake_run(folder, seed, right=right)
     assert render(str(runs), "--out", str(tmp_path / "out")).returncode == 0
     md = (tmp_path / "out" / "choice.md").read_text()
@@ -145,3 +148,17 @@ def test_an_arm_that_would_fail_stops_the_run_before_any_sweep():
         check_plan([Sweep("cb/x", ["model=minilm", "model.student=package:no_such_weights"])])
     with pytest.raises(SystemExit, match="cb/y: .*method.alpha"):
         check_plan([Sweep("cb/y", ["method=kd", "method.alpha=1.5"])])
+
+
+def test_a_student_no_better_than_the_majority_class_is_marked(runs, tmp_path):
+    """An arm whose student is right on exactly half the dev examples (the majority-class score) gets °; one above
+    it by one example does not."""
+    for seed in (1, 2, 3):
+        for arm, right in (("sre", N // 2), ("mix_mean", N // 2 + 1)):
+            folder = runs / "cb" / arm / f"seed{seed}"
+            shutil.rmtree(folder)
+            fake_run(folder, seed, right=right)
+    assert render(str(runs), "--out", str(tmp_path / "out")).returncode == 0
+    md = (tmp_path / "out" / "choice.md").read_text()
+    assert table_row(md, "SRE-tuned MiniLM-L6 teacher")[3] == "50.0° (0.0)"
+    assert table_row(md, "both teachers, mean")[3] == "52.5 (0.0)"

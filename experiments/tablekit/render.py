@@ -34,6 +34,7 @@ from .predictions import TablePredictions, from_run, read_run_predictions
 from .scan import LONG_HEADER, SEEDS_HEADER, Inputs, Run, classify_inputs, scan_notes, scan_runs
 from .specs import ABLATIONS, STUDENT_ROWS, TABLES, TableSpec
 from .stats import (
+    AT_MAJORITY,
     COMPARISONS_HEADER,
     MISSING,
     NO_PREDICTIONS,
@@ -54,7 +55,6 @@ from .stats import (
 
 BEATS_TEACHER = "*"  # above the teacher: the paired bootstrap's interval excludes zero
 ABOVE_BY_MEAN = "^"  # above the teacher by mean over the same seeds, without predictions to test it
-AT_MAJORITY = "°"  # at or below the majority-class baseline over the same seeds
 MAJORITY_TITLE = "majority class (train)"
 UNTESTED = "predictions for some seeds only"
 

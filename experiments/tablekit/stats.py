@@ -24,6 +24,7 @@ from .specs import TableSpec
 
 MISSING = "—"
 NO_PREDICTIONS = "no per-example predictions"
+AT_MAJORITY = "°"  # at or below the majority-class baseline over the same seeds
 AT_MAJORITY_TOL = 1e-6  # points: a cell equal to the majority-class baseline up to float noise is "at" it
 
 Slot = tuple[str, str, int, int]  # (row, task, index of the column's part, seed)
