@@ -69,7 +69,8 @@ def test_render_recovers_the_planted_differences_and_the_audits_call(runs, tmp_p
     assert mpnet[1] == "3" and mpnet[3].startswith("90.8") and mpnet[7] == "better"  # 36.33/40 vs 22/40
     assert float(mpnet[4]) == pytest.approx(100 * (36 + 1 / 3 - 22) / N, abs=0.05)
     assert table_row(md, "both teachers, mean")[7] == "tie" and table_row(md, "both teachers, mean")[4] == "+0.0"
-    assert table_row(md, "both teachers, learned weights")[9] == "[0.25, 0.75]"
+    assert table_row(md, "both teachers, learned weights")[9] == \
+        "[0.25, 0.75] (seeds: [0.25, 0.75], [0.25, 0.75], [0.25, 0.75])"
     assert "Mean Kendall τ over 1 task(s): +1.00" in md and "| mpnet_base > minilm_sre > minilm |" in md
     # the students' order is mpnet > sre > minilm: the late profile reverses it, the task metric alone gets one
     # pair of three wrong (minilm above sre), calibration alone none

@@ -234,6 +234,16 @@ def at_or_below_majority(rows: Sequence[Record], majority: dict[int, float]) -> 
     return mine - statistics.mean(majority[s] for s in seeds) <= AT_MAJORITY_TOL
 
 
+def weights_text(weights: Sequence[Any]) -> str:
+    """The learned weights over the teachers: their mean over seeds, then each seed's, since seeds that pull
+    towards different teachers average to a mixture no seed learned."""
+    if not weights:
+        return "—"
+    w = np.array(weights, dtype=float)
+    per_seed = ", ".join(str(row) for row in w.round(2).tolist())
+    return f"{w.mean(axis=0).round(3).tolist()} (seeds: {per_seed})"
+
+
 def fmt(x: float | None, digits: int = 1, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "—"
@@ -245,8 +255,9 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
              "The same 3-layer MiniLM student (`method=kd`) distilled from each arm's teacher(s); dev main metric in "
              f"points, mean over seeds (sd). vs {BASELINE}: the arm's student minus the MiniLM-L6 arm's, mean over "
              "seeds with the 95% paired-bootstrap interval over seeds and dev examples; `better`/`worse` only when "
-             "the interval excludes 0, else `tie`. `°`: at or below the majority-class row over the same seeds "
-             "(always predicting the most frequent class of each run's training labels).", ""]
+             "the interval excludes 0, else `tie`. Learned weights (one per teacher, in the order of the teacher(s) "
+             "column): after the last epoch, mean over seeds, then each seed's. `°`: at or below the majority-class "
+             "row over the same seeds (always predicting the most frequent class of each run's training labels).", ""]
     for task in sorted({r.task for r in records}):
         lines += [f"## {task}", "", "| arm | seeds | teacher(s) | student | vs minilm | 95% interval | seeds agreeing "
                   "| verdict | agreement with teacher | learned weights |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -262,7 +273,6 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
             verdict = "" if paired is None else "better" if paired.above else "worse" if paired.below else "tie"
             agree = [r.agreement for r in rows if r.agreement is not None]
             weights = [r.weights for r in rows if r.weights is not None]
-            mean_w = np.mean(np.array(weights, dtype=float), axis=0).round(3).tolist() if weights else None
             sd = f" ({statistics.stdev(scores):.1f})" if len(scores) > 1 else ""
             mark = AT_MAJORITY if at_or_below_majority(rows, majority) else ""
             lines.append(
@@ -270,7 +280,7 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
                 f"{statistics.mean(scores):.1f}{mark}{sd} | {fmt(paired.diff if paired else None, sign=True)} | "
                 f"{f'[{paired.lo:+.1f}, {paired.hi:+.1f}]' if paired else '—'} | "
                 f"{f'{paired.same_sign}/{len(paired.seeds)}' if paired else '—'} | {verdict or '—'} | "
-                f"{fmt(100 * statistics.mean(agree) if agree else None)} | {mean_w if mean_w is not None else '—'} |")
+                f"{fmt(100 * statistics.mean(agree) if agree else None)} | {weights_text(weights)} |")
         if majority:
             lines.append(f"| majority class (train) | {len(majority)} | — | {statistics.mean(majority.values()):.1f} "
                          f"| — | — | — | — | — | — |")
