@@ -23,7 +23,8 @@ def fake_run(folder: Path, seed: int, right: int, teacher: float = 0.8, weights:
     results = {"task": {"main_metric": "accuracy"}, "seed": seed, "final_row": "student",
                "agents": {"teacher": {"dev": {"accuracy": teacher}}, "student": {"dev": {"accuracy": right / N}}},
                "fidelity": {"student_vs_teacher": {"dev": {"agreement": 0.9}}},
-               "phases": {"distill": {"teacher_mix": {"weights": weights}} if weights else {}}}
+               "phases": {"distill": {"teacher_mix": {"weights": weights, "history": [
+                   {"epoch": 0, "weights": [0.5, 0.5]}, {"epoch": 1, "weights": weights}]}} if weights else {}}}
     (folder / "results.json").write_text(json.dumps(results))
     (folder / "predictions.json").write_text(json.dumps({
         "splits": {"dev": {"uids": list(range(N)), "labels": gold}}, "rows": {"student": {"dev": student}},
@@ -80,6 +81,8 @@ def test_render_recovers_the_planted_differences_and_the_audits_call(runs, tmp_p
     assert table_row(md, "calibration alone")[1] == "+1.00"
     assert "cb/schedule/seed1: unfinished" in md
     assert table_row(md, "majority class (train)")[1:4] == ["3", "—", "50.0"] and "°" not in mpnet[3]
+    kept = json.loads((out / "choice_records.json").read_text())["records"]
+    assert next(r for r in kept if r["arm"] == "mix_learned")["weight_history"] == [[0.5, 0.5], [0.25, 0.75]]
     again = render(str(out / "choice_records.json"), "--out", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again" / "choice.md").read_text().split("## Notes")[0].rstrip() == \

@@ -8,8 +8,9 @@ Each arm is compared with the MiniLM-L6 arm by the paired bootstrap over seeds a
 (``bootstrap.py``); the audit's ranking of the three single teachers is compared with the order of their
 students.
 
-A render keeps every record (scores, predictions, learned weights) in ``choice_records.json``, which a later
-render takes back as input beside new run folders, so the table can grow without the run folders.
+A render keeps every record (scores, predictions, learned weights and their history per epoch) in
+``choice_records.json``, which a later render takes back as input beside new run folders, so the table can grow
+without the run folders.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class Record:
     weights: list[Any] | None = None  # learned mixing weights after the last epoch
     run: str = ""
     majority: float | None = None  # always predicting the run's most frequent training class, on the same dev set
+    weight_history: list[Any] | None = None  # the learned mixing weights after each epoch
 
     @property
     def score(self) -> float:
@@ -110,7 +112,8 @@ def read_run(folder: Path, task: str, arm: str) -> Record | None:
     return Record(task, arm, int(results["seed"]), metric, split, [str(u) for u in preds["splits"][split]["uids"]],
                   gold, list(preds["rows"][row][split]), teachers,
                   results.get("fidelity", {}).get(f"{row}_vs_teacher", {}).get(split, {}).get("agreement"),
-                  mix.get("weights"), f"{task}/{arm}/{folder.name}", majority_score(preds, metric, gold))
+                  mix.get("weights"), f"{task}/{arm}/{folder.name}", majority_score(preds, metric, gold),
+                  [e["weights"] for e in mix["history"]] if mix.get("history") else None)
 
 
 def gather(inputs: Sequence[Path]) -> tuple[list[Record], dict[str, dict[str, Any]], list[str]]:
