@@ -80,6 +80,10 @@ def test_render_recovers_the_planted_differences_and_the_audits_call(runs, tmp_p
     assert table_row(md, "profile late")[1] == "-1.00" and table_row(md, "task alone")[1] == "+0.33"
     assert table_row(md, "calibration alone")[1] == "+1.00"
     assert "cb/schedule/seed1: unfinished" in md
+    # mean (22/40 on average) and learned (21/40) mixtures far below the MPNet arm's 36.33/40
+    mean_vs_mpnet = table_row(md, "mix_mean − mpnet")[1]
+    assert mean_vs_mpnet.startswith("-35.8 [") and mean_vs_mpnet.endswith("3/3 worse")
+    assert table_row(md, "mix_learned − mix_mean")[1].startswith("-2.5")
     assert table_row(md, "majority class (train)")[1:4] == ["3", "—", "50.0"] and "°" not in mpnet[3]
     kept = json.loads((out / "choice_records.json").read_text())["records"]
     assert next(r for r in kept if r["arm"] == "mix_learned")["weight_history"] == [[0.5, 0.5], [0.25, 0.75]]

@@ -54,6 +54,8 @@ ARMS: dict[str, Arm] = {
     "mpnet_12to6": Arm("MPNet-base 12 → its own 6 layers", ("model=mpnet_base",), frozenset({"cb"})),
 }
 BASELINE = "minilm"
+# further pairs the mixtures are judged by: against the stronger single teacher's arm, and learned against mean
+MIX_PAIRS = (("mix_mean", "mpnet"), ("mix_learned", "mpnet"), ("mix_learned", "mix_mean"))
 # the arms whose teacher is one audit candidate: arm -> the candidate's name in the audit
 AUDITED = {"minilm": "minilm", "mpnet": "mpnet_base", "sre": "minilm_sre"}
 AUDIT_OVERRIDES = (f"teachers=[{','.join(AUDITED.values())}]", *STUDENT)  # one common student for every candidate
@@ -237,6 +239,26 @@ def at_or_below_majority(rows: Sequence[Record], majority: dict[int, float]) -> 
     return mine - statistics.mean(majority[s] for s in seeds) <= AT_MAJORITY_TOL
 
 
+def mix_pairs(records: Sequence[Record]) -> list[str]:
+    """The mixtures against MPNet-base alone and against each other, with the same paired interval."""
+    tasks = sorted({r.task for r in records})
+    rows = []
+    for arm, other in MIX_PAIRS:
+        cells = []
+        for task in tasks:
+            paired = versus(records, task, arm, other)
+            verdict = "" if paired is None else "better" if paired.above else "worse" if paired.below else "tie"
+            cells.append("—" if paired is None else f"{paired.diff:+.1f} [{paired.lo:+.1f}, {paired.hi:+.1f}] "
+                         f"{paired.same_sign}/{len(paired.seeds)} {verdict}")
+        if any(c != "—" for c in cells):
+            rows.append(f"| {arm} − {other} | {' | '.join(cells)} |")
+    if not rows:
+        return []
+    return ["## The mixtures against a single teacher and each other", "",
+            "Student minus student, mean over seeds, 95% paired interval, seeds agreeing, verdict.", "",
+            f"| comparison | {' | '.join(tasks)} |", f"|---|{'---|' * len(tasks)}", *rows, ""]
+
+
 def weights_text(weights: Sequence[Any]) -> str:
     """The learned weights over the teachers: their mean over seeds, then each seed's, since seeds that pull
     towards different teachers average to a mixture no seed learned."""
@@ -288,6 +310,7 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
             lines.append(f"| majority class (train) | {len(majority)} | — | {statistics.mean(majority.values()):.1f} "
                          f"| — | — | — | — | — | — |")
         lines.append("")
+    lines += mix_pairs(records)
     agreement = audit_agreement(records, audits)
     if agreement:
         taus = [a["kendall_tau"] for a in agreement]
