@@ -239,6 +239,11 @@ def at_or_below_majority(rows: Sequence[Record], majority: dict[int, float]) -> 
     return mine - statistics.mean(majority[s] for s in seeds) <= AT_MAJORITY_TOL
 
 
+def verdict_of(paired: Paired | None) -> str:
+    """``better``/``worse`` when the paired interval excludes 0, else ``tie``; empty without a comparison."""
+    return "" if paired is None else "better" if paired.above else "worse" if paired.below else "tie"
+
+
 def mix_pairs(records: Sequence[Record]) -> list[str]:
     """The mixtures against MPNet-base alone and against each other, with the same paired interval."""
     tasks = sorted({r.task for r in records})
@@ -247,7 +252,7 @@ def mix_pairs(records: Sequence[Record]) -> list[str]:
         cells = []
         for task in tasks:
             paired = versus(records, task, arm, other)
-            verdict = "" if paired is None else "better" if paired.above else "worse" if paired.below else "tie"
+            verdict = verdict_of(paired)
             cells.append("—" if paired is None else f"{paired.diff:+.1f} [{paired.lo:+.1f}, {paired.hi:+.1f}] "
                          f"{paired.same_sign}/{len(paired.seeds)} {verdict}")
         if any(c != "—" for c in cells):
@@ -295,7 +300,7 @@ def markdown(records: Sequence[Record], audits: dict[str, dict[str, Any]], notes
             teachers = {n: statistics.mean(r.teachers[n] for r in rows if n in r.teachers)
                         for n in sorted({n for r in rows for n in r.teachers})}
             paired = versus(records, task, arm) if arm != BASELINE else None
-            verdict = "" if paired is None else "better" if paired.above else "worse" if paired.below else "tie"
+            verdict = verdict_of(paired)
             agree = [r.agreement for r in rows if r.agreement is not None]
             weights = [r.weights for r in rows if r.weights is not None]
             sd = f" ({statistics.stdev(scores):.1f})" if len(scores) > 1 else ""
