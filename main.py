@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     from mpdistil.run import run
     from mpdistil.training import NonFiniteLossError
 
-    with fail_cleanly():
+    with fail_cleanly(Path(HydraConfig.get().runtime.output_dir)):
         try:
             return final_score(run(cfg))
         except NonFiniteLossError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -38,10 +39,23 @@ def check_presets(argv: Sequence[str], conf_dir: Path) -> None:
                 _die(f"unknown {key} preset {choice!r}; choose one of {', '.join(known)} ({key}=<name>)")
 
 
+HYDRA_ONLY = {".hydra", "main.log"}  # what Hydra writes into a run folder before the run starts
+
+
+def discard_untouched(folder: Path) -> None:
+    """Remove a run folder that holds only Hydra's own files: a run refused at its checks leaves nothing behind,
+    while a folder with anything of a run in it (a resumed or diverged run's checkpoints) is kept."""
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= HYDRA_ONLY:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def fail_cleanly() -> Iterator[None]:
-    """User errors become `error: <one line>` and exit code 2; bugs keep their traceback."""
+def fail_cleanly(run_dir: Path | None = None) -> Iterator[None]:
+    """User errors become `error: <one line>` and exit code 2 (``run_dir`` removed if nothing but Hydra wrote
+    into it); bugs keep their traceback."""
     try:
         yield
     except USER_ERRORS as exc:
+        if run_dir is not None:
+            discard_untouched(run_dir)
         _die(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -56,11 +56,21 @@ def test_a_random_student_init_beside_a_student_checkpoint_is_refused():
     (["method.temperature=-1"], "method.temperature"),
     (["task=cb", "data_dir=/no/such/folder"], "/no/such/folder"),
 ])
-def test_cli_errors_are_one_line(args, needle):
-    proc = main_py(*args, "logger=none")
+def test_cli_errors_are_one_line(args, needle, tmp_path):
+    proc = main_py(*args, "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder behind
+
+
+def test_a_refused_run_keeps_a_folder_that_holds_more_than_hydras_files(tmp_path):
+    """Pointing a refused command at an earlier run's folder (resume=true) must not delete that run."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    proc = main_py("task=cb", "data_dir=/no/such/folder", "logger=none", f"hydra.run.dir={run}", "resume=true")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (run / "checkpoints").is_dir() and (run / ".hydra").is_dir()
 
 
 def test_cache_root_prefers_the_config_then_the_environment_then_home(tmp_path, monkeypatch):
