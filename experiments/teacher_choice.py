@@ -30,7 +30,15 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(1, str(HERE.parent))  # and mpdistil, also without `pip install -e .`
 
 from tablekit.choice import ARMS, AUDIT_OVERRIDES  # noqa: E402
-from tablekit.launch import Sweep, add_sweep_options, compose_run, hydra_value, render_folder, run_or_render, run_sweeps  # noqa: E402
+from tablekit.launch import (  # noqa: E402
+    Sweep,
+    add_sweep_options,
+    compose_run,
+    hydra_value,
+    render_folder,
+    run_or_render,
+    run_sweeps,
+)
 
 DEFAULT_TASKS = ["cb", "copa", "sentiment_movies"]
 COMMON = ["method=kd", "experiment=cpu_heldout"]

@@ -82,10 +82,11 @@ class Record:
 
     @property
     def score(self) -> float:
-        return score(self.metric, self.student, self.gold)
+        return points(self.metric, self.student, self.gold)
 
 
-def score(metric: str, predicted: Sequence[Any], gold: Sequence[Any]) -> float:
+def points(metric: str, predicted: Sequence[Any], gold: Sequence[Any]) -> float:
+    """``metric`` of ``predicted`` against ``gold``, in points."""
     return 100.0 * compute_metrics([metric], np.array(predicted), np.array(gold))[metric]
 
 
@@ -95,7 +96,7 @@ def majority_score(preds: dict[str, Any], metric: str, gold: Sequence[Any]) -> f
     cls = majority_class({str(k): int(v) for k, v in (preds.get("train_label_counts") or {}).items()})
     if cls is None or metric in SCORE_METRICS or preds.get("kind") == "regression":
         return None
-    return score(metric, [cls] * len(gold), gold)
+    return points(metric, [cls] * len(gold), gold)
 
 
 def read_run(folder: Path, task: str, arm: str) -> Record | None:
