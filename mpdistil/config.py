@@ -268,6 +268,9 @@ class Config:
     data_dir: Optional[str] = None
     cache_dir: Optional[str] = None  # default: $MPDISTIL_CACHE or ~/.cache/mpdistil
     resume: bool = False
+    # a run folder already holding results.json of this same config and data is left as it is (a re-launched sweep
+    # redoes only the jobs it did not finish); false: every launch runs again
+    skip_finished: bool = False
     experiment_name: Optional[str] = None
 
 

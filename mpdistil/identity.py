@@ -41,8 +41,8 @@ EVALUATION_FIELDS = ("eval",)
 # (``audit`` is read by the teacher audit alone, which sets the run fields it needs from it).
 # trainer.cache_teacher_outputs, trainer.gradient_checkpointing and trainer.eval_* are checked to be invisible in
 # results by the tests.
-OUTSIDE_RESULTS = ("resume", "logger", "audit", "experiment_name", "data_dir", "task.data_dir", "cache_dir",
-                   "model.name", "method.name",
+OUTSIDE_RESULTS = ("resume", "skip_finished", "logger", "audit", "experiment_name", "data_dir", "task.data_dir",
+                   "cache_dir", "model.name", "method.name",
                    "trainer.device", "trainer.deterministic", "trainer.progress", "trainer.num_threads",
                    "trainer.cache_teacher_outputs", "trainer.reuse_cache", "trainer.eval_batch_size",
                    "trainer.eval_max_padding", "trainer.per_device_batch_size", "trainer.save_student",

@@ -1,6 +1,7 @@
 """What a run leaves behind: results.json, the exported student and test predictions, the printed table."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -14,6 +15,7 @@ from mpdistil.atomic import write_json
 from mpdistil.context import RunContext
 from mpdistil.data.leaderboard import write_test_predictions
 from mpdistil.data.registry import get_task_spec
+from mpdistil.identity import fingerprint
 from mpdistil.models.agent import count_parameters
 from mpdistil.phases import PHASES, Phase
 from mpdistil.training import predict, predictions_from_logits
@@ -50,8 +52,10 @@ def final_score(results: dict[str, Any]) -> float:
     return float(agents[row][split][results["task"]["main_metric"]])
 
 
-def finish(ctx: RunContext, data: Any, timings: dict[str, float], start: float) -> dict[str, Any]:
-    """After the last group: the final agents out of domain, the student exported, results.json written."""
+def finish(ctx: RunContext, data: Any, timings: dict[str, float], start: float,
+           run_identity: dict[str, Any]) -> dict[str, Any]:
+    """After the last group: the final agents out of domain, the student exported, results.json written (with the
+    fingerprint of the run's identity, which ``skip_finished=true`` compares)."""
     from mpdistil.evaluation import evaluate_ood
 
     final = final_rows(ctx)
@@ -60,13 +64,23 @@ def finish(ctx: RunContext, data: Any, timings: dict[str, float], start: float) 
     final_row = final_student(ctx)
     outputs = export(ctx, final[final_row].row_agent(ctx) if final_row in final else ctx.student)
     timings["total"] = time.perf_counter() - start
-    results = collect(ctx, data.info, timings, ood, final_row, outputs)
+    results = {**collect(ctx, data.info, timings, ood, final_row, outputs), "run_identity": fingerprint(run_identity)}
     write_json(ctx.out_dir / "results.json", results)
     write_json(ctx.out_dir / "predictions.json", predictions(ctx), indent=None)
     ctx.logger.summary({f"final/{row}/{s}/{k}": v for row, per in ctx.rows.items() for s, m in per.items()
                         for k, v in m.items()})
     ctx.logger.finish()
     return results
+
+
+def finished_results(run_dir: Path, run_identity: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The results.json a finished run of this very identity (config fields and data) left in ``run_dir``; None when
+    there is none, it is unreadable, or another config or data wrote it."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return results if results.get("run_identity") == fingerprint(run_identity) else None
 
 
 def predictions(ctx: RunContext) -> dict[str, Any]:

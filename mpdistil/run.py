@@ -29,7 +29,7 @@ from mpdistil.groups import phase_groups, resume, run_group, settle_teacher
 from mpdistil.identity import identity, run_fields
 from mpdistil.models.loading import resolve_model_source
 from mpdistil.phases import PHASES
-from mpdistil.results import finish, format_table
+from mpdistil.results import finish, finished_results, format_table
 from mpdistil.seeding import seed_everything
 from mpdistil.training import resolve_device
 
@@ -104,8 +104,13 @@ def _run(cfg: DictConfig, out_dir: Path, run_dir: Path, world: World, fields: di
     aux_tasks = list(dict.fromkeys(t for g in groups for name in g for t in PHASES[name].aux_tasks(cfg)))
     data = prepare_data(cfg, out_dir, cache_dir, aux_tasks)
     timings["data"] = time.perf_counter() - t
-    ckpt = Checkpoint(run_dir / "checkpoint", identity("run", fields, data.fingerprint()),
-                      cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_min_interval_s, world)
+    run_identity = identity("run", fields, data.fingerprint())
+    if cfg.skip_finished and (done := finished_results(run_dir, run_identity)) is not None:
+        print(f"[mpdistil] finished already, left as it is (skip_finished=true): {run_dir / 'results.json'}",
+              flush=True)
+        return done
+    ckpt = Checkpoint(run_dir / "checkpoint", run_identity, cfg.trainer.checkpoint_every,
+                      cfg.trainer.checkpoint_min_interval_s, world)
     saved = ckpt.load(resumable) if resumable else None
 
     t = time.perf_counter()
@@ -138,7 +143,7 @@ def _run(cfg: DictConfig, out_dir: Path, run_dir: Path, world: World, fields: di
         timings.update(ctx.timings)
         timings["total"] = time.perf_counter() - start
 
-    results = finish(ctx, data, timings, start)
+    results = finish(ctx, data, timings, start, run_identity)
     if not cfg.trainer.keep_checkpoint:
         ckpt.clear()
     shown = [s for s in eval_splits if s not in ("quiz", "heldout")][:2] or eval_splits[:1]

@@ -111,6 +111,25 @@ def test_resume_true_without_a_checkpoint_says_which_folder_to_pass(tmp_path, su
         run_cfg(tmp_path, *TINY, "method=undistilled", f"data_dir={superglue}", "resume=true")
 
 
+def test_skip_finished_leaves_a_finished_run_of_the_same_config_alone(tmp_path, superglue, monkeypatch):
+    args = [*TINY, "method=undistilled", f"data_dir={superglue}", "skip_finished=true"]
+    first = run_cfg(tmp_path, *args)
+    written = (tmp_path / "results.json").read_bytes()
+
+    def no_training(*_: Any) -> None:
+        raise RuntimeError("trained again")
+
+    monkeypatch.setattr("mpdistil.run.run_group", no_training)
+    again = run_cfg(tmp_path, *args, "trainer.progress=true")  # display settings do not make another run
+    assert again == json.loads(written) and again["agents"] == first["agents"]
+    assert (tmp_path / "results.json").read_bytes() == written
+    with pytest.raises(RuntimeError, match="trained again"):  # another config runs
+        run_cfg(tmp_path, *args, "method.student_lr=1e-4")
+    with pytest.raises(RuntimeError, match="trained again"):  # without the switch every launch runs
+        run_cfg(tmp_path, *args, "skip_finished=false")
+    assert (tmp_path / "results.json").read_bytes() == written
+
+
 @pytest.mark.slow
 def test_submitit_requeues_a_preempted_job_which_resumes(tmp_path, superglue):
     """The launcher's checkpoint() resubmits the same job (same output dir); it finds the checkpoint and resumes.

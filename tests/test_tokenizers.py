@@ -210,7 +210,7 @@ def test_a_shared_tokenizer_is_one_encoding_and_two_identical_encodings_change_n
     monkeypatch.setattr(prepare, "run_tokenizers", two_objects)
     two = run_cfg(tmp_path / "two", *args)
     assert "tokenizers" in two["task"]
-    noise = ("time", "memory", "machine", "outputs", "cache", "tokenizers")
+    noise = ("time", "memory", "machine", "outputs", "cache", "tokenizers", "run_identity")
     assert json.dumps(without(two, noise), sort_keys=True) == json.dumps(without(one, noise), sort_keys=True)
 
 
