@@ -41,7 +41,7 @@ def load_tables() -> ModuleType:
 
 tables = load_tables()
 import paper_tables  # noqa: E402  (put on the path by tables.py)
-from tablekit.bootstrap import SeedSample, confusion_metric, paired_bootstrap, score_metric  # noqa: E402
+from tablekit.bootstrap import SeedSample, confusion_metric, paired_bootstrap, rng_for, score_metric  # noqa: E402
 from tablekit.predictions import decode_uids, encode_uids, majority_class  # noqa: E402
 
 
@@ -626,6 +626,29 @@ def test_resampled_score_metrics_are_the_run_metrics(metric: str) -> None:
     for pred in (gold + rng.normal(0, 1, 30), np.round(gold), np.full(30, 2.5)):
         got = score_metric(metric, pred[None, :], gold[None, :])[0]
         assert got == pytest.approx(compute_metrics([metric], pred, gold)[metric])
+
+
+@pytest.mark.parametrize("metric", ["pearson", "spearman"])
+def test_score_bootstrap_shares_resamples_without_mixing_rows(metric: str) -> None:
+    """A row's replicate correlations are computed once per seed and reused; each comparison must still
+    equal a fresh index resampling of its own two rows, whichever comparison ran first."""
+    rng = np.random.default_rng(3)
+    gold = np.round(rng.uniform(0, 5, 50), 1)
+    rows = {name: gold + rng.normal(0, sd, 50) for name, sd in (("a", 0.5), ("b", 1.0), ("c", 2.0))}
+
+    def fresh(x: str, y: str) -> tuple[float, float]:
+        idx = rng_for("stsb_share", "dev", 4).integers(0, 50, size=(300, 50))
+        reps = 100 * (score_metric(metric, rows[x][idx], gold[idx]) - score_metric(metric, rows[y][idx], gold[idx]))
+        lo, hi = np.percentile(reps, [2.5, 97.5])
+        return float(lo), float(hi)
+
+    for x, y in (("a", "b"), ("a", "c"), ("c", "b"), ("b", "a")):
+        p = paired_bootstrap(metric, [SeedSample(4, gold, rows[x], rows[y])], "stsb_share", "dev", resamples=300)
+        assert (p.lo, p.hi) == pytest.approx(fresh(x, y), abs=1e-12)
+        assert p.diff == pytest.approx(100 * (score_metric(metric, rows[x][None], gold[None])[0]
+                                              - score_metric(metric, rows[y][None], gold[None])[0]))
+    assert paired_bootstrap(metric, [SeedSample(4, gold, rows["b"], rows["a"])], "stsb_share", "dev",
+                            resamples=300).hi < 0  # a is the closer row: b − a sits below zero
 
 
 def test_majority_class_and_uid_ranges() -> None:

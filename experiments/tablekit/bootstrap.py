@@ -17,6 +17,7 @@ The resampling is seeded by task, split and seed, so a table renders to the same
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ LEVEL = 0.95
 BOOTSTRAP_SEED = 20240417
 SCORE_METRICS = ("pearson", "spearman")
 _CHUNK_ELEMENTS = 2_000_000  # resampled scores held at once, per side
+_SCORE_CACHE: dict[tuple, np.ndarray] = {}  # one row's replicate correlations, see _score_resamples
 
 
 @dataclass(frozen=True)
@@ -144,16 +146,38 @@ def _class_replicates(metric: str, s: SeedSample, rng: np.random.Generator, resa
     return 100.0 * (out[0] - out[1])
 
 
-def _score_replicates(metric: str, s: SeedSample, rng: np.random.Generator, resamples: int) -> np.ndarray:
+def _score_resamples(metric: str, pred: np.ndarray, gold: np.ndarray, task: str, split: str, seed: int,
+                     resamples: int) -> np.ndarray:
+    """One row's correlation on each of ``resamples`` index resamples of one seed's examples.
+
+    The resamples depend only on task, split, seed and the number of examples, so every comparison of
+    a seed draws the same indices; a row's replicate scores are therefore computed once and shared by
+    all the comparisons it is in (a row is in up to ten, and ranking resamples is the slow part).
+    """
+    key = (metric, task, split, int(seed), resamples, _digest(gold), _digest(pred))
+    if key not in _SCORE_CACHE:
+        rng = rng_for(task, split, seed)
+        n = len(gold)
+        chunk = max(1, min(resamples, _CHUNK_ELEMENTS // max(n, 1)))
+        out = []
+        for start in range(0, resamples, chunk):
+            idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+            out.append(score_metric(metric, pred[idx], gold[idx]))
+        _SCORE_CACHE[key] = np.concatenate(out)
+    return _SCORE_CACHE[key]
+
+
+def _digest(a: np.ndarray) -> bytes:
+    """A key for an array's exact contents (the cache above must never mix two rows up)."""
+    raw = np.ascontiguousarray(a).tobytes() + str((a.dtype, a.shape)).encode()
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def _score_replicates(metric: str, s: SeedSample, task: str, split: str, resamples: int) -> np.ndarray:
     """A − B of a correlation on ``resamples`` index resamples of one seed's examples."""
-    n = len(s.gold)
-    chunk = max(1, min(resamples, _CHUNK_ELEMENTS // max(n, 1)))
-    out = []
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-        gold = s.gold[idx]
-        out.append(100.0 * (score_metric(metric, s.a[idx], gold) - score_metric(metric, s.b[idx], gold)))
-    return np.concatenate(out)
+    a = _score_resamples(metric, s.a, s.gold, task, split, s.seed, resamples)
+    b = _score_resamples(metric, s.b, s.gold, task, split, s.seed, resamples)
+    return 100.0 * (a - b)
 
 
 def point_difference(metric: str, s: SeedSample) -> float:
@@ -168,9 +192,12 @@ def paired_bootstrap(metric: str, samples: Sequence[SeedSample], task: str, spli
     """The mean over seeds of A − B, and its percentile interval from paired resamples within each seed."""
     if not samples:
         raise ValueError("no seed with paired examples")
-    replicate = _score_replicates if metric in SCORE_METRICS else _class_replicates
     per_seed = [point_difference(metric, s) for s in samples]
-    reps = np.mean([replicate(metric, s, rng_for(task, split, s.seed), resamples) for s in samples], axis=0)
+    if metric in SCORE_METRICS:
+        reps = np.mean([_score_replicates(metric, s, task, split, resamples) for s in samples], axis=0)
+    else:
+        reps = np.mean([_class_replicates(metric, s, rng_for(task, split, s.seed), resamples) for s in samples],
+                       axis=0)
     lo, hi = np.percentile(reps, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
     diff = float(np.mean(per_seed))
     return Paired(tuple(s.seed for s in samples), tuple(per_seed), diff, _clean(float(lo)), _clean(float(hi)),
