@@ -858,6 +858,55 @@ def test_ablation_compares_the_learned_policy_with_uniform(tmp_path: Path) -> No
     assert rows["uniform vs teacher"]["verdict"] == "beats teacher"
 
 
+ABLATION_FILES = (".csv", "_long.csv", "_seeds.csv", "_comparisons.csv", "_predictions.json")
+
+
+def test_ablation_rerenders_from_its_seeds_csv_and_predictions(tmp_path: Path) -> None:
+    """Without its run folders the ablation comes back whole from the two files; a later run adds its seed."""
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        common = {"teacher": right_on(DEV, 30, seed), "undistilled": [0] * 60, "student": right_on(DEV, 40, seed)}
+        for setting, right in (("full", 50 + seed), ("uniform", 38), ("ce_only", 44 - seed)):
+            write_pred_run(runs / setting / f"cb/seed{seed}", labels=DEV, counts=COUNTS, task="cb",
+                           method="mpdistil", seed=seed, experiment_name=f"ablation/{setting}",
+                           policy="uniform" if setting == "uniform" else None,
+                           preds={**common, "meta_teacher": common["teacher"], "mpdistil": right_on(DEV, right, seed)})
+    first = tmp_path / "first"
+    assert tables_py("render", "ablation", str(runs), "--out", str(first)).returncode == 0
+    with open(first / "ablation_seeds.csv") as f:
+        seeds = {(r["row"], r["task"], r["seed"]): r for r in csv.DictReader(f)}
+    assert float(seeds[("full:final", "cb", "2")]["value"]) == pytest.approx(100 * 52 / 60)
+    assert seeds[("uniform:teacher", "cb", "1")]["run"] == "uniform/cb/seed1"
+    assert str(runs) not in (first / "ablation_seeds.csv").read_text()
+
+    files = [str(first / "ablation_seeds.csv"), str(first / "ablation_predictions.json")]
+    again = tables_py("render", "ablation", *files, "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    for suffix in ABLATION_FILES:
+        assert (tmp_path / "again" / f"ablation{suffix}").read_bytes() == (first / f"ablation{suffix}").read_bytes()
+    assert md_grid(again.stdout) == md_grid((first / "ablation.md").read_text())
+    part = again.stdout.split("## Paired comparisons", 1)[1]
+    assert md_row(part, "learned vs uniform policy (full vs uniform)")[1].endswith("2/2 beats uniform")
+
+    values_only = tables_py("render", "ablation", files[0], "--out", str(tmp_path / "values_only")).stdout
+    assert md_row(values_only, "full")[2] == md_row(again.stdout, "full")[2].replace("*", "^")  # untested now
+    assert "None: no per-example predictions" in values_only
+
+    later = tmp_path / "later"
+    write_run(later / "full/cb/seed3", task="cb", method="mpdistil", seed=3, experiment_name="ablation/full",
+              agents={"teacher": acc(0.5), "undistilled": acc(0.5), "student": acc(0.6), "mpdistil": acc(0.7)})
+    write_run(later / "full/cb/seed1", task="cb", method="mpdistil", seed=1, experiment_name="ablation/full",
+              agents={"teacher": acc(0.5), "undistilled": acc(0.5), "student": acc(0.6), "mpdistil": acc(0.8)})
+    merged = tables_py("render", "ablation", *files, str(later), "--out", str(tmp_path / "merged")).stdout
+    assert md_row(merged, "full")[2] == "78.9 ± 8.4^ [n=3]"  # 80 (the rerun), 86.7 (the CSV), 70 (the new seed)
+    assert "full:final / cb / seed 1: run full/cb/seed1 gives 80.0000, a seeds CSV 85.0000" in merged
+    assert "2 run(s) without per-example predictions" in merged
+
+    bad = tables_py("render", "ablation", str(first / "ablation_long.csv"), "--out", str(tmp_path / "bad"))
+    assert bad.returncode != 0 and "re-renders from ablation_seeds.csv" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 def test_dry_run_prints_the_distinct_sweeps(tmp_path: Path) -> None:
     out = tables_py("run", "table4", "--tasks", "mnli", "stsb", "--seeds", "1", "2", "--runs-root", str(tmp_path),
                     "--data-dir", str(tmp_path / "my data"), "--launcher", "joblib", "--dry-run", "--",

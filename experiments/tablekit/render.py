@@ -11,10 +11,11 @@ teacher by mean whose difference cannot be tested (the runs behind it kept no pe
 predictions) gets ``^`` instead, so the older tables keep their information without overstating
 it. A cell at or below the majority-class baseline over the same seeds gets ``°``.
 
-Beside ``<table>.md`` and its wide ``.csv``, ``render`` writes ``_long.csv`` (one line per cell),
-``_seeds.csv`` (one value per seed), ``_comparisons.csv`` (one line per comparison and number) and
-``_predictions.json`` (the predictions behind every cell; format in ``predictions.py``). The seeds
-CSV and the predictions file, given back as inputs, rebuild the table and every interval.
+Beside ``<table>.md`` and its wide ``.csv``, ``render`` writes, for a paper table and the ablation
+alike, ``_long.csv`` (one line per cell), ``_seeds.csv`` (one value per seed), ``_comparisons.csv``
+(one line per comparison and number) and ``_predictions.json`` (the predictions behind every cell;
+format in ``predictions.py``). The seeds CSV and the predictions file, given back as inputs, rebuild
+the table and every interval.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from paper_tables import GLUE_COLUMNS, PAPER, ROW_TITLES, ROWS, SUPERGLUE_COLUMN
 
 from .bootstrap import LEVEL, RESAMPLES
 from .predictions import TablePredictions, from_run, read_run_predictions
-from .scan import LONG_HEADER, SEEDS_HEADER, Inputs, Run, classify_inputs, scan_notes, scan_runs
+from .scan import ABLATION_LONG_HEADER, LONG_HEADER, SEEDS_HEADER, Inputs, Run, classify_inputs, scan_notes, scan_runs
 from .specs import ABLATIONS, STUDENT_ROWS, TABLES, TableSpec
 from .stats import (
     AT_MAJORITY,
@@ -359,77 +360,142 @@ class AblationRow:
     versus_full: bool
 
 
-class AblationRuns:
-    """The runs of each setting, the one per seed behind each value, and their predictions, kept by (setting, agent)."""
+@dataclass(frozen=True)
+class SeedValue:
+    """One seed's number in an ablation cell and where it came from."""
 
-    def __init__(self, by_setting: dict[str, list[Run]], portable_path: Callable[[str], str]) -> None:
+    value: float
+    split: str
+    metric: str
+    run: str  # run folder, relative to its runs folder
+
+
+def ablation_key(setting: str, who: str | None) -> str:
+    """The ablation's row in its seeds CSV and predictions file: ``<setting>:<agent>`` (``final``: final student)."""
+    return f"{setting}:{who or 'final'}"
+
+
+class AblationSource:
+    """Per setting, agent and task: one value per seed and the predictions behind it.
+
+    From the runs, and from an earlier rendering's ``ablation_seeds.csv`` and ``ablation_predictions.json`` for the
+    seeds no run gives, so the ablation re-renders after its run folders are gone; a run wins a disagreement.
+    """
+
+    def __init__(self, by_setting: dict[str, list[Run]], inputs: Inputs, portable_path: Callable[[str], str]) -> None:
         self.by_setting = by_setting
         self.portable = portable_path
+        self.files = inputs.prediction_files
+        self.given: dict[tuple[str, str], dict[int, SeedValue]] = {}  # (key, task) -> seed -> value, from CSVs
+        for path, rows in inputs.seeds_csvs.items():
+            for r in rows:
+                if ":" not in r["row"] or r["part"] != "0":
+                    raise SystemExit(f"error: {path} has row {r['row']!r}, part {r['part']!r}, not an ablation row "
+                                     f"'<setting>:<agent>' of part 0; pass the ablation's own ablation_seeds.csv")
+                self.given.setdefault((r["row"], r["task"]), {})[int(r["seed"])] = SeedValue(
+                    float(r["value"]), r["split"], r["metric"], r["run"])
+        self.used: dict[tuple[str, str], dict[int, SeedValue]] = {}  # in order of first use: the seeds CSV's lines
         self.store = TablePredictions("ablation")
-        self.loaded: set[tuple[str, str]] = set()
         self.docs: dict[Path, dict | None] = {}
         self.without: list[str] = []
+        self.notes: list[str] = []
 
-    def picks(self, setting: str, task: str, who: str | None) -> dict[int, tuple[Run, str, str, float]]:
-        """seed -> (run, agent, dev split, value in %); the newest run with a value wins on a rerun."""
-        out: dict[int, tuple[Run, str, str, float]] = {}
+    def settings(self) -> list[str]:
+        found = set(self.by_setting) | {key.split(":", 1)[0] for key, _ in self.given}
+        return [s for s in ABLATIONS if s in found] + sorted(s for s in found if s not in ABLATIONS)
+
+    def tasks(self) -> list[str]:
+        return task_order([r.task for runs in self.by_setting.values() for r in runs] + [t for _, t in self.given])
+
+    def run_picks(self, setting: str, task: str, who: str | None) -> dict[int, tuple[Run, str, SeedValue]]:
+        """seed -> (run, agent, its value); the newest run with a value wins on a rerun."""
+        out: dict[int, tuple[Run, str, SeedValue]] = {}
         for r in sorted(self.by_setting.get(setting, []), key=lambda r: r.mtime):
             if r.task != task:
                 continue
             name = who or ("mpdistil" if "mpdistil" in r.results.get("agents", {}) else "student")
             split = r.dev_split()
-            v = r.value(name, split, r.results["task"]["main_metric"]) if split else None
+            metric = r.results["task"]["main_metric"]
+            v = r.value(name, split, metric) if split else None
             if v is not None:
-                out[r.seed] = (r, name, split, v)
+                out[r.seed] = (r, name, SeedValue(v, split, metric, self.portable(str(r.path))))
+        return out
+
+    def values(self, setting: str, task: str, who: str | None) -> dict[int, SeedValue]:
+        """seed -> value of one cell; its predictions join the store on first use."""
+        key = ablation_key(setting, who)
+        if (key, task) in self.used:
+            return self.used[(key, task)]
+        out = dict(self.given.get((key, task), {}))
+        picks = self.run_picks(setting, task, who)
+        for seed, (run, name, v) in sorted(picks.items()):
+            old = out.get(seed)
+            if old is not None and abs(old.value - v.value) > 5e-5:
+                self.notes.append(f"{key} / {task} / seed {seed}: run {v.run} gives {v.value:.4f}, a seeds CSV "
+                                  f"{old.value:.4f} (run {old.run}); using the run")
+            out[seed] = v
+            if run.path not in self.docs:
+                self.docs[run.path] = read_run_predictions(run.path)
+            doc = self.docs[run.path]
+            given = from_run(doc, name, [v.split], v.run) if doc is not None else None
+            if given is None:
+                self.without.append(v.run)
+                continue
+            note = self.store.add(task, seed, key, given)
+            if note:
+                self.notes.append(note)
+        for seed in sorted(set(out) - set(picks)):
+            stored = next((f for f in self.files.values() if f.has(task, seed, key)), None)
+            note = self.store.add(task, seed, key, stored.row(task, seed, key)) if stored is not None else None
+            if note:
+                self.notes.append(note)
+        self.used[(key, task)] = out = dict(sorted(out.items()))
         return out
 
     def stat(self, setting: str, task: str, who: str | None) -> Stat:
-        picks = self.picks(setting, task, who)
-        return Stat([picks[s][3] for s in sorted(picks)], sorted(picks))
-
-    def key(self, setting: str, task: str, who: str | None) -> str:
-        """The store's row for a setting's agent; its predictions are loaded on first use."""
-        key = f"{setting}:{who or 'final'}"
-        if (key, task) not in self.loaded:
-            self.loaded.add((key, task))
-            for seed, (run, name, split, _) in sorted(self.picks(setting, task, who).items()):
-                if run.path not in self.docs:
-                    self.docs[run.path] = read_run_predictions(run.path)
-                doc = self.docs[run.path]
-                given = from_run(doc, name, [split], self.portable(str(run.path))) if doc is not None else None
-                if given is None:
-                    self.without.append(self.portable(str(run.path)))
-                    continue
-                self.store.add(task, seed, key, given)
-        return key
+        vals = self.values(setting, task, who)
+        return Stat([v.value for v in vals.values()], list(vals))
 
     def uniform_policy(self, setting: str) -> bool:
-        """Whether every run of the setting drew curriculum actions uniformly instead of from the learned policy."""
+        """Whether the setting drew curriculum actions uniformly instead of from the learned policy.
+
+        From its runs' configs; without runs, from the setting's overrides."""
         runs = self.by_setting.get(setting, [])
-        return bool(runs) and all(r.method_value("policy") == "uniform" for r in runs)
+        if runs:
+            return all(r.method_value("policy") == "uniform" for r in runs)
+        return setting in ABLATIONS and "method.policy=uniform" in ABLATIONS[setting].overrides
 
     def compare(self, title: str, a: tuple[str, str | None], b: tuple[str, str | None], against: str, task: str,
                 sa: Stat, sb: Stat) -> Comparison | None:
         shared = common_seeds(sa, sb)
-        picks = self.picks(a[0], task, a[1])
-        if not shared or not picks:
+        if not shared:
             return None
-        run, _, split, _ = picks[min(picks)]
-        return compare(self.store, title, self.key(a[0], task, a[1]), self.key(b[0], task, b[1]), against, task, 0,
-                       split, run.results["task"]["main_metric"], shared)
+        first = self.values(a[0], task, a[1])[shared[0]]
+        return compare(self.store, title, ablation_key(*a), ablation_key(*b), against, task, 0, first.split,
+                       first.metric, shared)
+
+    def seed_rows(self) -> list[list[Any]]:
+        return [["ablation", key, task, 0, v.split, v.metric, seed, repr(v.value), v.run]
+                for (key, task), vals in self.used.items() for seed, v in vals.items()]
 
 
-def render_ablation(runs_dir: Path, out_dir: Path, agent: str | None) -> str:
-    """Each setting against the full method: main metric on the first dev split, per task, with paired comparisons."""
-    scan = scan_runs(runs_dir)
-    runs = [r for r in scan.runs if (r.experiment_name or "").startswith("ablation/")]
-    skipped = [r for r in scan.runs if r not in runs]
+def render_ablation(inputs: Inputs, out_dir: Path, agent: str | None) -> str:
+    """Each setting against the full method: main metric on the first dev split, per task, with paired comparisons.
+
+    From runs folders and an earlier rendering's ``ablation_seeds.csv`` and ``ablation_predictions.json``."""
+    runs: list[Run] = []
+    notes: list[str] = []
+    for folder in inputs.folders:
+        scan = scan_runs(folder)
+        mine = [r for r in scan.runs if (r.experiment_name or "").startswith("ablation/")]
+        runs += mine
+        notes += scan_notes(scan, [r for r in scan.runs if r not in mine],
+                            "not an ablation run: experiment_name does not start with 'ablation/'")
     by_setting: dict[str, list[Run]] = {}
     for r in runs:
         by_setting.setdefault(str(r.experiment_name).split("/", 1)[1], []).append(r)
-    tasks = task_order(r.task for r in runs)
-    settings = [s for s in ABLATIONS if s in by_setting] + sorted(s for s in by_setting if s not in ABLATIONS)
-    ab = AblationRuns(by_setting, lambda p: portable(p, [runs_dir]))
+    ab = AblationSource(by_setting, inputs, lambda p: portable(p, inputs.folders))
+    tasks, settings = ab.tasks(), ab.settings()
 
     rows = [AblationRow("teacher", "the full runs' teacher", "full", "teacher", False),
             AblationRow("student, undistilled", "the full runs' undistilled student", "full", "undistilled", False),
@@ -470,32 +536,40 @@ def render_ablation(runs_dir: Path, out_dir: Path, agent: str | None) -> str:
     header = ["setting", "what changes"] + tasks
     who = (f"the `{agent}` agent" if agent
            else "the final student (MPDistil; the distilled student if the curriculum is off)")
+    files = [*inputs.seeds_csvs, *inputs.prediction_files]
+    sources = [f"`{f}`" for f in inputs.folders] + [f"`{f.name}`" for f in files]
+    seeds = sorted({sd for vals in ab.used.values() for sd in vals})
     md = ["# Ablations against the full method", "",
-          f"Runs: `{runs_dir}` ({len(runs)} ablation run(s)). Value: the task's main metric on the first dev split, "
+          f"From {', '.join(sources)}: {len(runs)} ablation run(s); seeds: {', '.join(map(str, seeds)) or 'none'}. "
+          f"Value: the task's main metric on the first dev split, "
           f"in %, of {who}; mean ± sample std over seeds [n = seeds]; Δ full = value − full method, "
           f"on the seeds both have. `{BEATS_TEACHER}`: above the same runs' teacher, the paired bootstrap's "
           f"interval excluding zero; `{ABOVE_BY_MEAN}`: above it by mean, untested ({NO_PREDICTIONS}). "
-          f"`{MISSING}`: no run.", "",
+          f"`{MISSING}`: no run. Per-seed values: `ablation_seeds.csv` (row `<setting>:<agent>`); per-example "
+          f"predictions: `ablation_predictions.json`.", "",
           markdown_table(header, grid)]
     cgrid = comparison_grid(titles, [(t, [""]) for t in tasks], found)
     md += comparisons_section("ablation", ["comparison"] + tasks, cgrid,
                               [c for c in comparisons if c.title in titles],
                               " (full − setting: the opposite sign of Δ full above)")
-    notes = scan_notes(scan, skipped, "not an ablation run: experiment_name does not start with 'ablation/'")
+    notes += ab.notes
     if ab.without:
         without = list(dict.fromkeys(ab.without))
         notes.append(f"{len(without)} run(s) without per-example predictions: their values have no paired "
                      f"comparison: " + ", ".join(without))
     if notes:
         md += ["", "Notes:"] + [f"- {n}" for n in notes]
-    text = portable("\n".join(md) + "\n", [runs_dir])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    text = portable("\n".join(md) + "\n", inputs.folders)
+    ab.store.row_order = list(dict.fromkeys(key for key, _ in ab.used))
+    ab.store.task_order = tasks
+    out_dir.mkdir(parents=True, exist_ok=True)  # every input is read above, so an output may overwrite one
     (out_dir / "ablation.md").write_text(text)
     write_csv(out_dir / "ablation.csv", header, grid)
-    write_csv(out_dir / "ablation_long.csv", ["row", "setting", "agent", "task", "mean", "std", "n", "seeds",
-                                              "delta_full", "beats_teacher", "vs_teacher"], long_rows)
+    write_csv(out_dir / "ablation_long.csv", ABLATION_LONG_HEADER, long_rows)
+    write_csv(out_dir / "ablation_seeds.csv", SEEDS_HEADER, ab.seed_rows())
     write_csv(out_dir / "ablation_comparisons.csv", COMPARISONS_HEADER,
               [c.csv_row("ablation", "") for c in comparisons])
+    ab.store.write(out_dir / "ablation_predictions.json")
     return text
 
 
@@ -512,13 +586,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("error: no runs folder among the inputs to write into; give --out DIR")
     if args.table == "ablation":
-        if len(inputs.folders) != 1:
-            raise SystemExit("error: the ablation renders from exactly one runs folder")
-        text = render_ablation(inputs.folders[0], out_dir, args.agent)
+        text = render_ablation(inputs, out_dir, args.agent)
     else:
         text = render_table(TABLES[args.table], inputs, out_dir, args.experiment_name)
     print(text, end="")
-    written = (".csv, _long.csv and _comparisons.csv" if args.table == "ablation"
-               else ".csv, _long.csv, _seeds.csv, _comparisons.csv and _predictions.json")
-    print(f"\n[tables] wrote {out_dir}/{args.table}.md, {written}", file=sys.stderr)
+    print(f"\n[tables] wrote {out_dir}/{args.table}.md, .csv, _long.csv, _seeds.csv, _comparisons.csv and "
+          f"_predictions.json", file=sys.stderr)
     return 0

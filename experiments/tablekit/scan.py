@@ -21,6 +21,8 @@ SEEDS_HEADER = ["table", "row", "task", "part", "split", "metric", "seed", "valu
 LONG_HEADER = ["table", "row", "row_title", "task", "column", "part", "split", "metric", "ours_mean", "ours_std",
                "n", "seeds", "paper", "delta", "beats_teacher", "vs_teacher", "at_or_below_majority"]
 LEGACY_LONG_HEADER = LONG_HEADER[:15]  # long CSVs written before the paired comparisons; still read
+ABLATION_LONG_HEADER = ["row", "setting", "agent", "task", "mean", "std", "n", "seeds", "delta_full", "beats_teacher",
+                        "vs_teacher"]
 
 
 # ----------------------------------------------------------------------------------------------- reading runs
@@ -203,6 +205,9 @@ def read_csv_rows(path: Path, table: str) -> tuple[str, list[dict[str, str]]]:
         header = reader.fieldnames or []
         rows = list(reader)
     kind = "seeds" if header == SEEDS_HEADER else "long" if header in (LONG_HEADER, LEGACY_LONG_HEADER) else None
+    if header == ABLATION_LONG_HEADER:
+        raise SystemExit(f"error: {path} is the ablation's long CSV, one summary per cell; the ablation re-renders "
+                         f"from ablation_seeds.csv and ablation_predictions.json")
     if kind is None:
         raise SystemExit(f"error: {path} is neither a <table>_seeds.csv nor a <table>_long.csv written by render")
     other = sorted({r["table"] for r in rows} - {table})
@@ -218,13 +223,13 @@ def classify_inputs(table: str, paths: Sequence[str]) -> Inputs:
         path = Path(raw).expanduser().resolve()
         if path.is_dir():
             inputs.folders.append(path)
-        elif path.is_file() and path.suffix == ".csv" and table != "ablation":
+        elif path.is_file() and path.suffix == ".csv":
             kind, rows = read_csv_rows(path, table)
             (inputs.seeds_csvs if kind == "seeds" else inputs.long_csvs)[path] = rows
-        elif path.is_file() and path.name.endswith((".json", ".json.gz")) and table != "ablation":
+        elif path.is_file() and path.name.endswith((".json", ".json.gz")):
             inputs.prediction_files[path] = read_table_predictions(path, table)
         else:
-            what = ("a runs folder" if table == "ablation"
-                    else f"a runs folder, a {table}_seeds/_long.csv or a {table}_predictions.json")
-            raise SystemExit(f"error: {path} is not {what}")
+            long = "" if table == "ablation" else "/_long"
+            raise SystemExit(f"error: {path} is not a runs folder, a {table}_seeds{long}.csv or a "
+                             f"{table}_predictions.json")
     return inputs
