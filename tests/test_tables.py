@@ -482,20 +482,26 @@ def test_seeds_csv_rerenders_the_table_and_takes_new_seeds(table_runs: Path, tmp
     assert md_row(md, "MPDistil col + binary")[cb].startswith("88.0 ± 2.0^ [n=3]")  # untouched, still marked
 
 
-CPU_RESULTS = REPO / "experiments" / "results" / "cpu_repro"
+RESULTS = REPO / "experiments" / "results"
+COMMITTED_TABLES = {  # table -> (its folder, the files it re-renders from)
+    "cpu_repro": ("cpu_repro", ("_seeds.csv", "_long.csv", "_predictions.json")),
+    "cpu_repro_glue": ("cpu_repro", ("_seeds.csv", "_long.csv", "_predictions.json")),
+    "cpu_heldout": ("cpu_heldout", ("_seeds.csv", "_long.csv", "_predictions.json")),
+}
 
 
-@pytest.mark.parametrize("table", ["cpu_repro", "cpu_repro_glue"])
+@pytest.mark.parametrize("table", sorted(COMMITTED_TABLES))
 def test_committed_cpu_tables_rerender_from_their_csvs(table: str, tmp_path: Path) -> None:
     """RUN.md promises the committed tables re-render from their committed files (per-seed values, the long CSV and
     the per-example predictions); a renderer change must keep that."""
-    out = tables_py("render", table, *(str(CPU_RESULTS / f"{table}{suffix}")
-                                       for suffix in ("_seeds.csv", "_long.csv", "_predictions.json")),
+    folder, inputs = COMMITTED_TABLES[table]
+    committed = RESULTS / folder
+    out = tables_py("render", table, *(str(committed / f"{table}{suffix}") for suffix in inputs),
                     "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     for suffix in (".csv", "_long.csv", "_seeds.csv", "_comparisons.csv", "_predictions.json"):
-        assert (tmp_path / f"{table}{suffix}").read_bytes() == (CPU_RESULTS / f"{table}{suffix}").read_bytes(), suffix
-    assert md_grid((tmp_path / f"{table}.md").read_text()) == md_grid((CPU_RESULTS / f"{table}.md").read_text())
+        assert (tmp_path / f"{table}{suffix}").read_bytes() == (committed / f"{table}{suffix}").read_bytes(), suffix
+    assert md_grid((tmp_path / f"{table}.md").read_text()) == md_grid((committed / f"{table}.md").read_text())
 
 
 def test_long_csv_keeps_only_columns_nothing_else_fills(table_runs: Path, tmp_path: Path) -> None:
