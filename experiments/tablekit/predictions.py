@@ -341,6 +341,20 @@ def from_run(doc: dict[str, Any], agent: str, splits: Iterable[str], run: str) -
                           list(doc.get("label_names") or []), counts, out, run)
 
 
+class RunReader:
+    """Run folders' predictions.json files, each read once however many rows a table takes from it."""
+
+    def __init__(self) -> None:
+        self.docs: dict[Path, dict[str, Any] | None] = {}
+
+    def row(self, folder: Path, agent: str, splits: Iterable[str], run: str) -> RowPredictions | None:
+        """One agent's predictions from a run folder (see :func:`from_run`); None when the run kept none."""
+        if folder not in self.docs:
+            self.docs[folder] = read_run_predictions(folder)
+        doc = self.docs[folder]
+        return from_run(doc, agent, splits, run) if doc is not None else None
+
+
 def majority_class(counts: dict[str, int]) -> int | None:
     """The most frequent training class (the lowest index among equals); None without counts."""
     if not counts:

@@ -31,7 +31,7 @@ from typing import Any
 from paper_tables import GLUE_COLUMNS, PAPER, ROW_TITLES, ROWS, SUPERGLUE_COLUMNS, Cell, Column
 
 from .bootstrap import LEVEL, RESAMPLES
-from .predictions import TablePredictions, from_run, read_run_predictions
+from .predictions import RunReader, TablePredictions
 from .scan import ABLATION_LONG_HEADER, LONG_HEADER, SEEDS_HEADER, Inputs, Run, classify_inputs, scan_notes, scan_runs
 from .specs import ABLATIONS, STUDENT_ROWS, TABLES, TableSpec
 from .stats import (
@@ -396,7 +396,7 @@ class AblationSource:
                     float(r["value"]), r["split"], r["metric"], r["run"])
         self.used: dict[tuple[str, str], dict[int, SeedValue]] = {}  # in order of first use: the seeds CSV's lines
         self.store = TablePredictions("ablation")
-        self.docs: dict[Path, dict | None] = {}
+        self.reader = RunReader()
         self.without: list[str] = []
         self.notes: list[str] = []
 
@@ -434,10 +434,7 @@ class AblationSource:
                 self.notes.append(f"{key} / {task} / seed {seed}: run {v.run} gives {v.value:.4f}, a seeds CSV "
                                   f"{old.value:.4f} (run {old.run}); using the run")
             out[seed] = v
-            if run.path not in self.docs:
-                self.docs[run.path] = read_run_predictions(run.path)
-            doc = self.docs[run.path]
-            given = from_run(doc, name, [v.split], v.run) if doc is not None else None
+            given = self.reader.row(run.path, name, [v.split], v.run)
             if given is None:
                 self.without.append(v.run)
                 continue

@@ -18,7 +18,7 @@ from paper_tables import ROW_TITLES, ROWS
 from mpdistil.metrics.task_metrics import compute_metrics
 
 from .bootstrap import SCORE_METRICS, Paired, SeedSample, paired_bootstrap
-from .predictions import TablePredictions, from_run, majority_class, read_run_predictions
+from .predictions import RunReader, TablePredictions, majority_class
 from .scan import Picker, Run
 from .specs import TableSpec
 
@@ -241,15 +241,12 @@ def collect_predictions(spec: TableSpec, picks: dict[Pick, tuple[Run, str]], fil
     tasks = [c.task for c in spec.columns]
     store = TablePredictions(spec.name, ROWS, tasks)
     notes: list[str] = []
-    docs: dict[Path, dict | None] = {}
+    reader = RunReader()
     without: list[str] = []
     for row, task, seed in sorted(picks, key=lambda k: (tasks.index(k[1]), k[2], ROWS.index(k[0]))):
         run, agent = picks[(row, task, seed)]
-        if run.path not in docs:
-            docs[run.path] = read_run_predictions(run.path)
         splits = dict.fromkeys(p.split for p in spec.columns[tasks.index(task)].parts)
-        doc = docs[run.path]
-        given = from_run(doc, agent, splits, portable(str(run.path))) if doc is not None else None
+        given = reader.row(run.path, agent, splits, portable(str(run.path)))
         if given is None:
             without.append(portable(str(run.path)))
             continue
